@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up maskloop on a fresh machine: a virtualenv with the project (.venv), Label Studio in its own venv (.venv-ls).
+#   scripts/setup.sh          runtime only (enough for `maskloop demo`)
+#   scripts/setup.sh --dev    plus test/lint tools and the headless browser used by the browser test
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+PY=${PYTHON:-python3}
+
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first: on a CPU-only machine take the CPU build (pip finds a local CPU wheel on these machines) instead of
+# several GB of CUDA wheels; on a GPU machine set MASKLOOP_TORCH_SPEC (e.g. "torch==2.13.0") to choose.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "${MASKLOOP_TORCH_SPEC:-torch==2.13.0}"
+fi
+if [[ $DEV == 1 ]]; then
+  .venv/bin/python -m pip install -q -e ".[dev]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+bash scripts/install_label_studio.sh
+if [[ $DEV == 1 ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup: could not install Debian's chromium; the browser test will say so" >&2
+  else
+    echo "setup: install Debian's 'chromium' package for the browser test (needs root)" >&2
+  fi
+fi
+echo "setup: done (.venv/bin/maskloop --help)"

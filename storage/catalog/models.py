@@ -1,0 +1,194 @@
+"""SQLAlchemy 2 typed models of the maskloop catalog.
+
+Uniqueness constraints carry idempotency: a rerun never inserts a second row for the same asset revision, the
+same (asset, Label Studio project, frame), the same annotation or the same dataset version number.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Asset(Base):
+    """One revision of one S3 object. A changed ETag is a new revision (new row, ``revision`` + 1) of the same key."""
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        UniqueConstraint("bucket", "key", "etag", "size", name="uq_assets_revision"),
+        Index("ix_assets_bucket_key", "bucket", "key"),
+        Index("ix_assets_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(1024))
+    etag: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    last_modified: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(16))  # "image" | "video"
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    frames: Mapped[int | None] = mapped_column(Integer)
+    fps: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="new")  # new | done | failed | superseded
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    discovered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class Run(Base):
+    """One flow run: what it was asked, which model did it, how it went."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    flow_name: Mapped[str] = mapped_column(String(64))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_id: Mapped[str | None] = mapped_column(String(255))
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed | failed | crashed
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class RunFailure(Base):
+    """An asset a run could not process, and why (the run and its batch went on)."""
+
+    __tablename__ = "run_failures"
+    __table_args__ = (UniqueConstraint("run_id", "asset_id", name="uq_run_failures"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Prediction(Base):
+    """The instances one model version produced for one asset (one row per asset, frame and model version).
+
+    ``instances`` holds :meth:`model.instances.Instances.to_records` (COCO RLE, box, label, scores, prompt lineage).
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("asset_id", "model_version", "frame_index", name="uq_predictions"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    model_version: Mapped[str] = mapped_column(String(255))
+    frame_index: Mapped[int] = mapped_column(Integer, default=-1)
+    instances: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    score: Mapped[float | None] = mapped_column(Float)  # task-level score (uncertainty: low = review first)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelStudioProject(Base):
+    __tablename__ = "label_studio_projects"
+    __table_args__ = (UniqueConstraint("ls_url", "name", name="uq_ls_projects_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ls_url: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(255))
+    ls_project_id: Mapped[int] = mapped_column(Integer)
+    media_kind: Mapped[str] = mapped_column(String(16))
+    classes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    label_config: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelStudioTask(Base):
+    """Asset (or one key frame of a video asset) ↔ Label Studio task. Unique: never imported twice."""
+
+    __tablename__ = "label_studio_tasks"
+    __table_args__ = (
+        UniqueConstraint("asset_id", "project_id", "frame_index", name="uq_ls_tasks_asset"),
+        UniqueConstraint("project_id", "ls_task_id", name="uq_ls_tasks_task"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("label_studio_projects.id", ondelete="CASCADE"))
+    frame_index: Mapped[int] = mapped_column(Integer, default=-1)
+    ls_task_id: Mapped[int] = mapped_column(Integer)
+    last_model_version: Mapped[str | None] = mapped_column(String(255))
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    project: Mapped[LabelStudioProject] = relationship()
+
+
+class Annotation(Base):
+    """One human annotation harvested from Label Studio (final instances as records, like predictions)."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("ls_task_row_id", "ls_annotation_id", name="uq_annotations"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ls_task_row_id: Mapped[int] = mapped_column(ForeignKey("label_studio_tasks.id", ondelete="CASCADE"), index=True)
+    ls_annotation_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # accepted | skipped | cancelled
+    result: Mapped[list[Any]] = mapped_column(JSON, default=list)  # raw LS result
+    instances: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    ls_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    harvested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetVersion(Base):
+    """An immutable frozen dataset. Never updated in place; (dataset, number) unique makes concurrent creation safe."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("dataset", "number", name="uq_dataset_versions_number"),
+        UniqueConstraint("dataset", "manifest_hash", name="uq_dataset_versions_manifest"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(255))
+    number: Mapped[int] = mapped_column(Integer)
+    tag: Mapped[str | None] = mapped_column(String(255))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    source_project_id: Mapped[int | None] = mapped_column(ForeignKey("label_studio_projects.id"))
+    manifest_hash: Mapped[str] = mapped_column(String(64))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_versions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    agreement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    coco_uri: Mapped[str | None] = mapped_column(String(1024))
+    manifest_uri: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetVersionItem(Base):
+    __tablename__ = "dataset_version_items"
+    __table_args__ = (UniqueConstraint("version_id", "asset_id", "frame_index", name="uq_dataset_version_items"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"), index=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"))
+    frame_index: Mapped[int] = mapped_column(Integer, default=-1)
+    annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
+    asset_sha256: Mapped[str] = mapped_column(String(64))
+    annotation_hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,218 @@
+"""S3 source: a boto3 client for any S3-compatible endpoint, listing, filtered discovery input, safe downloads.
+
+Object keys are untrusted: local cache paths are derived from a hash of the key, never from the key itself, so
+``../``, absolute paths, NUL bytes, very long and unicode keys can never escape the cache directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from storage.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MediaType = Literal["image", "video"]
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_RETRYABLE_CODES = frozenset(
+    {"500", "502", "503", "504", "SlowDown", "RequestTimeout", "InternalError", "ThrottlingException"}
+)
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """One listed object. ``etag`` is stripped of quotes."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime | None
+    media_type: MediaType
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def make_client(settings: Settings, *, max_pool: int | None = None) -> Any:
+    """A boto3 S3 client: path-style addressing, SigV4, checksums only when required (older S3-compatible servers)."""
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+        max_pool_connections=max_pool or max(10, settings.s3_max_concurrency),
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    key = settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None
+    secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=config,
+    )
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix"); a clear ValueError for anything else."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"expected an s3://bucket/prefix URI, got {uri!r}")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not _BUCKET_RE.match(bucket):
+        raise ValueError(f"invalid S3 bucket name {bucket!r} in {uri!r}")
+    return bucket, prefix
+
+
+def media_type_of(key: str) -> MediaType | None:
+    """ "image" or "video" by file extension (case-insensitive), None for anything else."""
+    suffix = os.path.splitext(key)[1].lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def list_objects(
+    client: Any, bucket: str, prefix: str = "", media: Iterable[MediaType] = ("image", "video")
+) -> Iterator[S3Object]:
+    """All media objects under ``prefix`` (every page of ListObjectsV2), skipping folders and other file types."""
+    wanted = set(media)
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            kind = media_type_of(key)
+            if kind is None or kind not in wanted or key.endswith("/"):
+                continue
+            yield S3Object(
+                bucket=bucket,
+                key=key,
+                etag=str(item.get("ETag", "")).strip('"'),
+                size=int(item["Size"]),
+                last_modified=item.get("LastModified"),
+                media_type=kind,
+            )
+
+
+def cache_path(cache_dir: Path, bucket: str, key: str, etag: str) -> Path:
+    """Where a download of (bucket, key, etag) lives: ``cache_dir/<bucket>/<h[:2]>/<h><ext>`` with h a sha256 of
+    the key and etag. The key's text never becomes a path component; the extension is kept only when it is a
+    known media extension. Raises ValueError if the result would leave ``cache_dir`` (it cannot, but we check)."""
+    if not _BUCKET_RE.match(bucket):
+        raise ValueError(f"invalid S3 bucket name {bucket!r}")
+    digest = hashlib.sha256(f"{key}\x00{etag}".encode("utf-8", "surrogatepass")).hexdigest()
+    suffix = os.path.splitext(key.replace("\x00", ""))[1].lower()
+    if suffix not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        suffix = ""
+    root = cache_dir.resolve()
+    path = (root / bucket / digest[:2] / f"{digest}{suffix}").resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"cache path for key {key!r} escapes the cache dir")
+    return path
+
+
+def _is_retryable(error: Exception) -> bool:
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return code in _RETRYABLE_CODES or status in _RETRYABLE_CODES
+    return isinstance(error, (ConnectionError, TimeoutError, OSError))
+
+
+def with_retries(fn: Callable[[], Any], what: str, attempts: int = 4, base_delay: float = 0.2) -> Any:
+    """Call ``fn`` with exponential backoff and jitter on transient errors; 4xx errors raise at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as error:  # noqa: BLE001 - re-raised unless transient
+            if attempt == attempts or not _is_retryable(error):
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, error, attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def download(client: Any, obj: S3Object, cache_dir: Path) -> Path:
+    """Download one object to its cache path (atomic rename; an existing complete file is reused)."""
+    path = cache_path(cache_dir, obj.bucket, obj.key, obj.etag)
+    if path.exists() and path.stat().st_size == obj.size:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def fetch() -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                client.download_fileobj(obj.bucket, obj.key, handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    with_retries(fetch, f"download {obj.uri}")
+    return path
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    obj: S3Object
+    path: Path | None
+    error: str | None
+
+
+def download_many(
+    client: Any, objects: Sequence[S3Object], cache_dir: Path, max_workers: int = 16
+) -> list[DownloadResult]:
+    """Download in parallel (bounded); one failing object (404, ...) is reported, not raised. Order is kept."""
+
+    def one(obj: S3Object) -> DownloadResult:
+        try:
+            return DownloadResult(obj, download(client, obj, cache_dir), None)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "?")
+            return DownloadResult(obj, None, f"S3 error {code} downloading {obj.uri}")
+        except Exception as error:  # noqa: BLE001 - recorded per object so the batch goes on
+            return DownloadResult(obj, None, f"{type(error).__name__} downloading {obj.uri}: {error}")
+
+    if not objects:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(objects)))) as pool:
+        return list(pool.map(one, objects))
+
+
+def presigned_get_url(client: Any, bucket: str, key: str, ttl_s: int = 7 * 24 * 3600) -> str:
+    """A presigned GET URL (SigV4 allows at most 7 days)."""
+    return str(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_s))
+
+
+def ensure_bucket(client: Any, bucket: str) -> None:
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError:
+        client.create_bucket(Bucket=bucket)

@@ -1,0 +1,63 @@
+"""maskloop's one validated settings object (pydantic-settings, env prefix ``MASKLOOP_``).
+
+Built once at the entry point (CLI, flow) and passed down; nothing reads the environment behind its back.
+Secrets are ``SecretStr``: their values never appear in ``repr``, logs or Prefect parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".maskloop"
+
+
+class Settings(BaseSettings):
+    """Configuration of one maskloop process. Every field can be set as ``MASKLOOP_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MASKLOOP_", env_file=None, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="State: SQLite catalog, caches, stack pids, credentials"
+    )
+
+    # S3 (any S3-compatible endpoint; None means AWS)
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_max_concurrency: int = Field(default=16, ge=1, le=256)
+    s3_max_attempts: int = Field(default=5, ge=1, le=20)
+    presign_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    # SQL catalog
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file under data_dir")
+
+    # Label Studio
+    label_studio_url: str = "http://127.0.0.1:8080"
+    label_studio_token: SecretStr | None = None
+
+    # Model
+    model_id: str = "facebook/sam2.1-hiera-tiny"
+    detector_id: str = "IDEA-Research/grounding-dino-tiny"
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'catalog.sqlite'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"

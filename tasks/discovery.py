@@ -1,0 +1,31 @@
+"""Prefect task: list a source prefix and record new asset revisions in the catalog (one task per source)."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from storage.catalog import Catalog
+from storage.catalog.assets import DiscoveryReport, discover
+from storage.s3 import list_objects, make_client, parse_s3_uri
+from storage.settings import Settings
+
+
+@task(name="discover-assets", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 16], retry_jitter_factor=0.5)
+def discover_assets(settings: Settings, source: str) -> DiscoveryReport:
+    """List ``source`` (``s3://bucket/prefix``) and insert new asset revisions; returns the report (ids only)."""
+    bucket, prefix = parse_s3_uri(source)
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        report = discover(catalog, list_objects(make_client(settings), bucket, prefix))
+    finally:
+        catalog.dispose()
+    get_run_logger().info(
+        "%s: listed %d media objects, %d new (%d new revisions), %d unchanged",
+        source,
+        report.listed,
+        len(report.new_asset_ids),
+        report.new_revisions,
+        report.unchanged,
+    )
+    return report
