@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,85 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _param_value(text: str) -> object:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cmd_prelabel(args: argparse.Namespace) -> int:
+    from flows.prelabel import prelabel_flow
+
+    strategy_params = {}
+    for item in args.param or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"maskloop prelabel: --param expects NAME=VALUE, got {item!r}")
+        strategy_params[name] = _param_value(value)
+    result = prelabel_flow(
+        args.source,
+        classes=args.classes or None,
+        strategy=args.strategy,
+        model_id=args.model,
+        project=args.project,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        video_every=args.video_every,
+        video_target_fps=args.video_fps,
+        key_frame_interval=args.key_frame_interval,
+        video_max_frames=args.video_max_frames,
+        strategy_params=strategy_params,
+        settings=_stack_settings(args),
+    )
+    print(
+        f"run {result['run_id']}: {result['done']}/{result['assets']} assets pre-labelled, {result['failed']} failed, "
+        f"{result['instances']} instances, {result['assets_per_s']} assets/s ({result['model_version']})"
+    )
+    if result["failed"]:
+        print(f"failures: maskloop runs show {result['run_id']}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from storage.catalog import Asset, Catalog, Run, RunFailure
+
+    catalog = Catalog(_settings(args).resolved_database_url)
+    with catalog.session() as session:
+        if args.run_id is None:
+            for run in session.scalars(select(Run).order_by(Run.id.desc()).limit(args.last)):
+                print(
+                    f"{run.id:>5} {run.flow_name:<10} {run.status:<10} {run.started_at:%Y-%m-%d %H:%M:%S} {run.model_id or '-'} {run.counts}"
+                )
+            return 0
+        run = session.get(Run, args.run_id)
+        if run is None:
+            print(f"no run {args.run_id}", file=sys.stderr)
+            return 1
+        print(f"run {run.id} ({run.flow_name}, flow run {run.flow_run_id}): {run.status}")
+        print(f"  started {run.started_at}, finished {run.finished_at}")
+        print(f"  model {run.model_id} sha256 {run.checkpoint_sha256}")
+        print(f"  parameters {run.parameters}")
+        print(f"  counts {run.counts} timings {run.timings}")
+        failures = (
+            session.execute(
+                select(RunFailure, Asset)
+                .join(Asset, Asset.id == RunFailure.asset_id)
+                .where(RunFailure.run_id == run.id)
+            )
+            .tuples()
+            .all()
+        )
+        print(f"  failures: {len(failures)}")
+        for failure, asset in failures:
+            print(f"    {asset.uri} [{failure.stage}] {failure.reason}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -102,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("source")
     disc.set_defaults(func=cmd_discover)
 
+    pre = sub.add_parser("prelabel", help="pre-label new media under s3://bucket/prefix into Label Studio")
+    pre.add_argument("source")
+    pre.add_argument("--classes", nargs="*", help="class names (text strategy: the prompts)")
+    pre.add_argument("--strategy", choices=["everything", "text", "prior"], default="everything")
+    pre.add_argument("--model", help="SAM 2 hub id, directory or .pt (default: $MASKLOOP_MODEL_ID)")
+    pre.add_argument("--project", default="maskloop", help="Label Studio project name prefix")
+    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument("--limit", type=int)
+    pre.add_argument("--video-every", type=int, default=1, help="track every k-th frame")
+    pre.add_argument("--video-fps", type=float, help="track at this frame rate instead")
+    pre.add_argument("--key-frame-interval", type=int, default=30)
+    pre.add_argument("--video-max-frames", type=int)
+    pre.add_argument("--param", action="append", help="strategy parameter NAME=VALUE (e.g. points_per_side=16)")
+    pre.set_defaults(func=cmd_prelabel)
+
+    runs = sub.add_parser("runs", help="list runs, or show one with its failures")
+    runs.add_argument("action", choices=["list", "show"])
+    runs.add_argument("run_id", type=int, nargs="?")
+    runs.add_argument("--last", type=int, default=20)
+    runs.set_defaults(func=cmd_runs)
+
     demo = sub.add_parser("demo", help="run the whole job on the embedded defaults")
     demo.add_argument("--stop-after", action="store_true", help="stop the stack when done")
     demo.set_defaults(func=cmd_demo)
@@ -114,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Without PREFECT_API_URL, flows run on Prefect's temporary local server; on a busy 2-core machine it can need
+    # more than Prefect's default 20 s to start.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     parser = build_parser()
     if "finetune" in argv:
         head = argv[: argv.index("finetune")]

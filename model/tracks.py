@@ -80,3 +80,69 @@ class VideoTracks:
     @staticmethod
     def frames_of(tracks: Sequence[Track]) -> list[int]:
         return sorted({f.frame_index for t in tracks for f in t.frames})
+
+
+def tracks_to_json(video: VideoTracks) -> dict[str, Any]:
+    """A JSON-serialisable form of ``video`` (what the catalog stores for a video prediction)."""
+    return {
+        "height": video.height,
+        "width": video.width,
+        "fps": video.fps,
+        "frame_count": video.frame_count,
+        "sampled_frames": list(video.sampled_frames),
+        "model_id": video.model_id,
+        "key_frames": list(video.key_frames),
+        "params": dict(video.params),
+        "tracks": [
+            {
+                "track_id": t.track_id,
+                "label": t.label,
+                "prompts": [p.to_json() for p in t.prompts],
+                "frames": [
+                    {
+                        "i": f.frame_index,
+                        "t": f.time_s,
+                        "rle": f.rle,
+                        "box": list(f.box),
+                        "score": f.score,
+                        "presence": f.presence,
+                    }
+                    for f in t.frames
+                ],
+            }
+            for t in video.tracks
+        ],
+    }
+
+
+def tracks_from_json(data: Mapping[str, Any]) -> VideoTracks:
+    """Inverse of :func:`tracks_to_json`."""
+    return VideoTracks(
+        height=int(data["height"]),
+        width=int(data["width"]),
+        fps=float(data["fps"]),
+        frame_count=int(data["frame_count"]),
+        sampled_frames=[int(i) for i in data["sampled_frames"]],
+        model_id=str(data.get("model_id", "")),
+        key_frames=[int(i) for i in data.get("key_frames", [])],
+        params=dict(data.get("params", {})),
+        tracks=[
+            Track(
+                track_id=int(t["track_id"]),
+                label=str(t["label"]),
+                prompts=[Prompt.from_json(p) for p in t.get("prompts", [])],
+                frames=[
+                    TrackFrame(
+                        int(f["i"]),
+                        float(f["t"]),
+                        dict(f["rle"]),
+                        tuple(float(v) for v in f["box"]),
+                        float(f["score"]),
+                        float(f["presence"]),
+                    )  # type: ignore[arg-type]
+                    for f in t["frames"]
+                ],
+            )
+            for t in data["tracks"]
+        ],
+    )

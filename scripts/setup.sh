@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up maskloop on a fresh machine: a virtualenv with the project (.venv), Label Studio in its own venv (.venv-ls).
 #   scripts/setup.sh          runtime only (enough for `maskloop demo`)
-#   scripts/setup.sh --dev    plus test/lint tools and the headless browser used by the browser test
+#   scripts/setup.sh --dev    plus test/lint tools and Debian's chromium for the browser test
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +23,10 @@ if [[ $DEV == 1 ]]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
-bash scripts/install_label_studio.sh
-if [[ $DEV == 1 ]] && ! command -v chromium >/dev/null 2>&1; then
-  if [[ $(id -u) == 0 ]]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "setup: could not install Debian's chromium; the browser test will say so" >&2
-  else
-    echo "setup: install Debian's 'chromium' package for the browser test (needs root)" >&2
-  fi
+# Label Studio in its own venv (.venv-ls); --dev also installs Debian's chromium for the browser test
+if [[ $DEV == 1 ]]; then
+  bash scripts/install_label_studio.sh
+else
+  bash scripts/install_label_studio.sh --no-chromium
 fi
 echo "setup: done (.venv/bin/maskloop --help)"

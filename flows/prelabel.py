@@ -1,0 +1,124 @@
+"""Flow ``prelabel``: bucket → SAM 2 → Label Studio, resumable and overlapped.
+
+Discover new asset revisions, then per batch: fetch (threads) → segment (the model, in the flow's thread) →
+import into Label Studio (threads). While batch k is being segmented, batch k+1 is downloaded and batch k-1 is
+imported. Kill it at any point and run it again: nothing already imported is lost or imported twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.context import get_run_context
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.catalog import Catalog
+from storage.catalog.assets import pending_asset_ids
+from storage.s3 import parse_s3_uri
+from storage.settings import Settings
+from tasks import prelabel_ops as ops
+from tasks.discovery import discover_assets
+from tasks.models import Models
+from tasks.prelabel import fetch_batch, import_batch, segment_batch
+
+
+@flow(name="prelabel", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def prelabel_flow(
+    source: str,
+    classes: list[str] | None = None,
+    strategy: str = "everything",
+    model_id: str | None = None,
+    project: str = "maskloop",
+    batch_size: int = 32,
+    limit: int | None = None,
+    video_every: int = 1,
+    video_target_fps: float | None = None,
+    key_frame_interval: int = 30,
+    video_max_frames: int | None = None,
+    strategy_params: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Pre-label every new image and video under ``source`` (``s3://bucket/prefix``) into Label Studio."""
+    settings = settings or Settings()
+    logger = get_run_logger()
+    params = ops.PrelabelParams(
+        source=source,
+        strategy=strategy,  # type: ignore[arg-type]
+        classes=tuple(classes or ()),
+        model_id=model_id or settings.model_id,
+        project=project,
+        batch_size=batch_size,
+        limit=limit,
+        video_every=video_every,
+        video_target_fps=video_target_fps,
+        key_frame_interval=key_frame_interval,
+        video_max_frames=video_max_frames,
+        strategy_params=dict(strategy_params or {}),
+    )
+    catalog_url = settings.resolved_database_url
+    catalog = Catalog(catalog_url)
+    flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    run_id = ops.start_run(catalog, "prelabel", _jsonable(params), flow_run_id)
+    started = time.perf_counter()
+    counts = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0}
+    status = "failed"
+    models = Models.load(settings, params.model_id, params.strategy)  # once per process; fail before any work
+    from storage.labelstudio.importer import model_version_string
+
+    model_version = model_version_string(models.segmenter.model_id, models.segmenter.checkpoint_sha256, params.strategy)
+    try:
+        discover_assets(settings, source)
+        bucket, prefix = parse_s3_uri(source)
+        with catalog.session() as session:
+            todo = pending_asset_ids(session, bucket, prefix, limit)
+        batches = ops.batches_of(catalog, todo, params.batch_size)
+        counts["assets"] = len(todo)
+        logger.info("%d assets to pre-label in %d batches with %s", len(todo), len(batches), model_version)
+        progress = create_progress_artifact(0.0, description=f"prelabel {source}")
+        fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
+        imports: list[PrefectFuture[ops.StageReport]] = []
+        model_seconds = 0.0
+        for k in range(len(batches)):
+            for ahead in (k, k + 1):  # prefetch the next batch while this one is on the model
+                if ahead < len(batches) and ahead not in fetched:
+                    fetched[ahead] = fetch_batch.submit(settings, catalog_url, run_id, batches[ahead])
+            got = fetched.pop(k).result()
+            counts["failed"] += len(got.failed)
+            seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
+            model_seconds += seg.seconds
+            counts["failed"] += len(seg.failed)
+            counts["instances"] += seg.instances
+            counts["skipped"] += len(seg.skipped)
+            ready = sorted([*seg.ok, *seg.skipped])
+            imports.append(
+                import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])
+            )
+            update_progress_artifact(progress, 100.0 * (k + 1) / len(batches))
+        for future in imports:
+            counts["done"] += len(future.result().ok)
+        status = "completed"
+    finally:
+        elapsed = time.perf_counter() - started
+        timings = {"seconds": round(elapsed, 3), "assets_per_s": round(counts["done"] / elapsed, 3) if elapsed else 0.0}
+        ops.finish_run(
+            catalog, run_id, status, counts, timings, models.segmenter.model_id, models.segmenter.checkpoint_sha256
+        )
+    create_table_artifact(
+        [{"run": run_id, **counts, **timings, "model_version": model_version}],
+        key="prelabel-summary",
+        description=f"prelabel {source}",
+    )
+    logger.info("prelabel run %d: %s in %.1fs", run_id, counts, elapsed)
+    return {"run_id": run_id, "model_version": model_version, **counts, **timings}
+
+
+def _jsonable(params: ops.PrelabelParams) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(params)
+    data["classes"] = list(params.classes)
+    return data

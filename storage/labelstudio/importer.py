@@ -1,0 +1,361 @@
+"""Projects and bulk pre-label import into Label Studio, idempotent through the SQL catalog.
+
+* :func:`ensure_project` -- one Label Studio project per (dataset, media kind), created when missing, labeling
+  config generated from the class list, uncertainty sampling (low prediction score first).
+* :func:`import_predictions` -- new assets become tasks with their prediction inline (bulk ``/import`` in batches
+  sized by payload); assets already imported get the new model version's prediction added (never a new task, so
+  human annotations are never lost). The catalog's ``label_studio_tasks`` rows decide what exists. A crash between
+  a POST and the catalog commit leaves tasks that the catalog does not know: before posting, when Label Studio has
+  more tasks than the catalog, the project's tasks are listed and matched on ``data.maskloop_asset_id`` /
+  ``data.maskloop_frame_index``, so a rerun never duplicates them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from model.instances import Instances
+from model.tracks import VideoTracks
+from storage.catalog import Catalog, LabelStudioProject, LabelStudioTask
+from storage.labelstudio.client import LabelStudioClient, LabelStudioError
+from storage.labelstudio.config import MEDIA_KINDS, LabelConfig, label_config_for
+from storage.labelstudio.convert import instances_to_results
+
+logger = logging.getLogger(__name__)
+
+ASSET_KEY, FRAME_KEY, VERSION_KEY = "maskloop_asset_id", "maskloop_frame_index", "maskloop_model_version"
+DEFAULT_MAX_BATCH_BYTES = 48 * 2**20  # Label Studio fails a POST over ~250 MiB with HTTP 500
+DEFAULT_MAX_BATCH_TASKS = 1000
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+def model_version_string(model_id: str, checkpoint_sha: str, prompt_strategy: str) -> str:
+    """``<model id>@<checkpoint short sha>/<prompt strategy>``: the Label Studio ``model_version`` of a run."""
+    parts = {"model_id": model_id, "checkpoint_sha": checkpoint_sha, "prompt_strategy": prompt_strategy}
+    empty = [k for k, v in parts.items() if not v]
+    if empty:
+        raise ValueError(f"model_version_string needs non-empty {empty}")
+    return f"{model_id}@{checkpoint_sha[:8]}/{prompt_strategy}"
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    """One task's worth of pre-labels: ``results`` are :class:`Instances` (image projects), :class:`VideoTracks`
+    (video projects: ``videorectangle`` tracks) or ready Label Studio result dicts (any project). ``task_score`` is the uncertainty used for active learning
+    (Label Studio serves low scores first); ``frame_index`` -1 means the whole asset."""
+
+    asset_id: int
+    media_url: str
+    results: Instances | VideoTracks | Sequence[Mapping[str, Any]]
+    model_version: str
+    task_score: float | None = None
+    frame_index: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.media_url:
+            raise ValueError(f"ImportItem for asset {self.asset_id}: media_url must be non-empty")
+        if not self.model_version:
+            raise ValueError(f"ImportItem for asset {self.asset_id}: model_version must be non-empty")
+        if self.frame_index < -1:
+            raise ValueError(f"ImportItem for asset {self.asset_id}: frame_index must be >= -1, got {self.frame_index}")
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.asset_id, self.frame_index)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    created: int = 0  # new tasks
+    skipped: int = 0  # task already has this model version
+    refreshed: int = 0  # existing task got the new model version's prediction
+    reconciled: int = 0  # tasks found in Label Studio that the catalog had lost (crash between POST and commit)
+    batches: int = 0
+
+
+# -- projects ------------------------------------------------------------------------------------------------------
+def ensure_project(
+    client: LabelStudioClient,
+    catalog: Catalog,
+    name: str,
+    media_kind: str,
+    classes: Sequence[str],
+    **config_options: Any,
+) -> LabelStudioProject:
+    """The catalog's project row for (server, ``name``), creating the Label Studio project when missing.
+
+    ``config_options`` go to the config generator (images: ``brush``, ``polygons``, ``rectangles``; videos:
+    ``framerate``). A changed class list updates the project's labeling config.
+    """
+    if media_kind not in MEDIA_KINDS:
+        raise ValueError(f"media_kind must be one of {MEDIA_KINDS}, got {media_kind!r}")
+    label_config = label_config_for(media_kind, classes, **config_options)
+    with catalog.session() as session:
+        row = session.scalar(select(LabelStudioProject).where(LabelStudioProject.ls_url == client.url, LabelStudioProject.name == name))
+        if row is not None:
+            if row.media_kind != media_kind:
+                raise ValueError(f"Label Studio project {name!r} holds {row.media_kind} tasks, asked for {media_kind}")
+            if row.label_config != label_config:
+                client.update_project(row.ls_project_id, label_config=label_config)
+                row.label_config, row.classes = label_config, list(classes)
+            return row
+        existing = client.list_projects(title=name)  # created by a run that crashed before its commit
+        if existing:
+            ls_project = existing[0]
+            client.update_project(ls_project["id"], label_config=label_config, sampling=UNCERTAINTY_SAMPLING, show_collab_predictions=True)
+        else:
+            ls_project = client.create_project(
+                name,
+                label_config,
+                description=f"maskloop pre-labels ({media_kind})",
+                sampling=UNCERTAINTY_SAMPLING,
+                show_collab_predictions=True,
+            )
+        row = LabelStudioProject(
+            ls_url=client.url, name=name, ls_project_id=int(ls_project["id"]), media_kind=media_kind, classes=list(classes), label_config=label_config
+        )
+        session.add(row)
+        session.flush()
+        return row
+
+
+# -- tasks ---------------------------------------------------------------------------------------------------------
+def _as_item(item: ImportItem | Sequence[Any]) -> ImportItem:
+    if isinstance(item, ImportItem):
+        return item
+    return ImportItem(*item)
+
+
+def _results_for(item: ImportItem, config: LabelConfig) -> list[dict[str, Any]]:
+    if isinstance(item.results, Instances):
+        to_name = next(iter(config.objects))
+        tags = {c.tag: c.name for c in config.controls.values() if c.to_name == to_name}
+        if not {"BrushLabels", "PolygonLabels", "RectangleLabels"} & set(tags):
+            raise ValueError(f"asset {item.asset_id}: Instances need an image project with brush/polygon/rectangle tags")
+        results = instances_to_results(
+            item.results,
+            to_name=to_name,
+            brush_from=tags.get("BrushLabels"),
+            polygon_from=tags.get("PolygonLabels"),
+            rectangle_from=tags.get("RectangleLabels"),
+        )
+    elif isinstance(item.results, VideoTracks):
+        from storage.formats.ls_video import to_ls_video_results
+
+        boxes = [c for c in config.controls.values() if c.tag == "VideoRectangle"]
+        if not boxes:
+            raise ValueError(f"asset {item.asset_id}: VideoTracks need a video project with a VideoRectangle tag")
+        results = to_ls_video_results(item.results, from_name=boxes[0].name, to_name=boxes[0].to_name)
+    else:
+        results = [dict(r) for r in item.results]
+    try:
+        config.validate_results(results)
+    except ValueError as exc:
+        raise ValueError(f"asset {item.asset_id} frame {item.frame_index}: {exc}") from exc
+    return results
+
+
+def _prediction(item: ImportItem, results: list[dict[str, Any]]) -> dict[str, Any]:
+    pred: dict[str, Any] = {"model_version": item.model_version, "result": results}
+    if item.task_score is not None:
+        pred["score"] = float(item.task_score)
+    return pred
+
+
+def _task_json(item: ImportItem, results: list[dict[str, Any]], data_key: str) -> bytes:
+    data = {data_key: item.media_url, ASSET_KEY: item.asset_id, FRAME_KEY: item.frame_index, VERSION_KEY: item.model_version}
+    return json.dumps({"data": data, "predictions": [_prediction(item, results)]}, separators=(",", ":")).encode()
+
+
+def _batches(blobs: Sequence[bytes], max_bytes: int, max_tasks: int) -> list[list[int]]:
+    batches: list[list[int]] = []
+    current: list[int] = []
+    size = 2
+    for i, blob in enumerate(blobs):
+        if len(blob) + 2 > max_bytes:
+            raise ValueError(f"one task is {len(blob)} bytes of JSON, over the batch limit of {max_bytes} bytes")
+        if current and (size + len(blob) + 1 > max_bytes or len(current) >= max_tasks):
+            batches.append(current)
+            current, size = [], 2
+        current.append(i)
+        size += len(blob) + 1
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _known_tasks(catalog: Catalog, project: LabelStudioProject) -> dict[tuple[int, int], tuple[int, str | None]]:
+    with catalog.session() as session:
+        rows = session.execute(
+            select(LabelStudioTask.asset_id, LabelStudioTask.frame_index, LabelStudioTask.ls_task_id, LabelStudioTask.last_model_version).where(
+                LabelStudioTask.project_id == project.id
+            )
+        ).all()
+    return {(a, f): (t, v) for a, f, t, v in rows}
+
+
+def _record_tasks(catalog: Catalog, project: LabelStudioProject, rows: Iterable[tuple[tuple[int, int], int, str]]) -> None:
+    with catalog.session() as session:
+        session.add_all(
+            LabelStudioTask(asset_id=a, frame_index=f, project_id=project.id, ls_task_id=t, last_model_version=v) for (a, f), t, v in rows
+        )
+
+
+def _set_versions(catalog: Catalog, project: LabelStudioProject, updates: Mapping[tuple[int, int], str]) -> None:
+    if not updates:
+        return
+    with catalog.session() as session:
+        rows = session.scalars(select(LabelStudioTask).where(LabelStudioTask.project_id == project.id)).all()
+        for row in rows:
+            version = updates.get((row.asset_id, row.frame_index))
+            if version is not None:
+                row.last_model_version = version
+
+
+def reconcile(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject) -> int:
+    """Record in the catalog every maskloop task Label Studio has but the catalog lacks; returns how many."""
+    known = _known_tasks(catalog, project)
+    known_ids = {t for t, _ in known.values()}
+    found: list[tuple[tuple[int, int], int, str]] = []
+    for task in client.iter_tasks(project.ls_project_id):
+        data = task.get("data") or {}
+        if task["id"] in known_ids or ASSET_KEY not in data:
+            continue
+        key = (int(data[ASSET_KEY]), int(data.get(FRAME_KEY, -1)))
+        if key in known:
+            logger.warning("Label Studio task %s duplicates asset %s frame %s (task %s); leaving it", task["id"], key[0], key[1], known[key][0])
+            continue
+        found.append((key, int(task["id"]), str(data.get(VERSION_KEY, ""))))
+        known[key] = (int(task["id"]), None)
+    if found:
+        _record_tasks(catalog, project, found)
+        logger.info("Reconciled %d Label Studio tasks of project %s missing from the catalog", len(found), project.name)
+    return len(found)
+
+
+def _catalog_behind(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject) -> bool:
+    ls_count = int(client.get_project(project.ls_project_id).get("task_number") or 0)
+    return ls_count > len(_known_tasks(catalog, project))
+
+
+def _post_batch(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, body: bytes, attempts: int, backoff_s: float) -> list[int] | None:
+    """POST one batch; on a transport error or 5xx, wait and return None so the caller reconciles and re-sends."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return client.import_tasks_raw(project.ls_project_id, body)
+        except (httpx.TransportError, LabelStudioError) as exc:
+            if isinstance(exc, LabelStudioError) and exc.status < 500 and exc.status != 429:
+                raise
+            logger.warning("Label Studio import of %d bytes failed (%s); attempt %d/%d", len(body), exc, attempt, attempts)
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+            if reconcile(client, catalog, project):
+                return None
+    raise RuntimeError(f"Label Studio import into project {project.name!r} failed {attempts} times")
+
+
+def import_predictions(
+    client: LabelStudioClient,
+    catalog: Catalog,
+    project: LabelStudioProject,
+    items: Iterable[ImportItem | Sequence[Any]],
+    *,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    max_batch_tasks: int = DEFAULT_MAX_BATCH_TASKS,
+    attempts: int = 4,
+    backoff_s: float = 1.0,
+    set_project_version: bool = True,
+) -> ImportReport:
+    """Import pre-labels; every result is validated against the project's config before anything is sent.
+
+    ``items`` are :class:`ImportItem` or tuples ``(asset_id, media_url, instances_or_results, model_version,
+    task_score[, frame_index])``. Returns counts of created, skipped, refreshed and reconciled tasks.
+    """
+    config = LabelConfig.parse(project.label_config)
+    todo = [_as_item(i) for i in items]
+    keys = [i.key for i in todo]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise ValueError(f"import_predictions got the same (asset_id, frame_index) more than once: {dupes}")
+    results = [_results_for(item, config) for item in todo]  # validate everything before sending anything
+
+    reconciled = reconcile(client, catalog, project) if todo and _catalog_behind(client, catalog, project) else 0
+    known = _known_tasks(catalog, project)
+    new_idx = [i for i, item in enumerate(todo) if item.key not in known]
+    old_idx = [i for i, item in enumerate(todo) if item.key in known and known[item.key][1] != item.model_version]
+    skipped = len(todo) - len(new_idx) - len(old_idx)
+
+    created = batches = 0
+    pending = new_idx
+    while pending:
+        blobs = [_task_json(todo[i], results[i], config.data_key) for i in pending]
+        resend: list[int] = []
+        for batch in _batches(blobs, max_batch_bytes, max_batch_tasks):
+            body = b"[" + b",".join(blobs[b] for b in batch) + b"]"
+            task_ids = _post_batch(client, catalog, project, body, attempts, backoff_s)
+            batches += 1
+            if task_ids is None:  # partially applied; reconcile recorded what landed
+                resend.extend(pending[b] for b in batch)
+                continue
+            if len(task_ids) != len(batch):
+                raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for a batch of {len(batch)}")
+            _record_tasks(catalog, project, ((todo[pending[b]].key, tid, todo[pending[b]].model_version) for b, tid in zip(batch, task_ids, strict=True)))
+            created += len(batch)
+        if resend:
+            known = _known_tasks(catalog, project)
+            reconciled += sum(1 for i in resend if todo[i].key in known)
+            stale = [i for i in resend if todo[i].key in known and known[todo[i].key][1] != todo[i].model_version]
+            old_idx.extend(stale)
+            pending = [i for i in resend if todo[i].key not in known]
+        else:
+            pending = []
+
+    refreshed = _refresh(client, catalog, project, [todo[i] for i in old_idx], [results[i] for i in old_idx], max_batch_tasks)
+    if set_project_version and todo:
+        client.update_project(project.ls_project_id, model_version=todo[-1].model_version)
+    report = ImportReport(created=created, skipped=skipped, refreshed=refreshed, reconciled=reconciled, batches=batches)
+    logger.info("Label Studio import into %s: %s", project.name, report)
+    return report
+
+
+def _refresh(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, items: Sequence[ImportItem], results: Sequence[list[dict[str, Any]]], batch_size: int) -> int:
+    """Add the new model version's prediction to existing tasks (tasks and their annotations stay untouched)."""
+    if not items:
+        return 0
+    known = _known_tasks(catalog, project)
+    done = 0
+    for start in range(0, len(items), batch_size):
+        chunk = range(start, min(start + batch_size, len(items)))
+        preds = [{"task": known[items[i].key][0], **_prediction(items[i], results[i])} for i in chunk]
+        client.import_predictions(project.ls_project_id, preds)
+        _set_versions(catalog, project, {items[i].key: items[i].model_version for i in chunk})
+        done += len(preds)
+    return done
+
+
+def refresh_media_urls(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, urls: Mapping[tuple[int, int] | int, str]) -> int:
+    """Replace the media URL of already imported tasks (e.g. re-presigned S3 URLs before the old ones expire).
+
+    ``urls`` maps ``(asset_id, frame_index)`` (or a bare asset id for frame -1) to the new URL. Returns the number
+    of tasks updated; unknown assets raise ``KeyError``.
+    """
+    config = LabelConfig.parse(project.label_config)
+    known = _known_tasks(catalog, project)
+    updated = 0
+    for raw_key, url in urls.items():
+        key = raw_key if isinstance(raw_key, tuple) else (int(raw_key), -1)
+        if key not in known:
+            raise KeyError(f"asset {key[0]} frame {key[1]} has no task in Label Studio project {project.name!r}")
+        task = client.get_task(known[key][0])
+        data = dict(task.get("data") or {})
+        data[config.data_key] = url
+        client.update_task(known[key][0], data=data)
+        updated += 1
+    return updated

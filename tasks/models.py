@@ -1,0 +1,51 @@
+"""Which models a pre-label worker runs, loaded once per process through :mod:`model.cache`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storage.settings import Settings
+
+SHIPPED_MODELS = {"maskloop/shapes-tiny": Path(__file__).resolve().parent.parent / "model" / "weights" / "shapes-tiny"}
+
+
+def resolve_model_id(model_id: str) -> str:
+    """Names of models shipped in the repo map to their directory; anything else is passed on unchanged."""
+    shipped = SHIPPED_MODELS.get(model_id)
+    return str(shipped) if shipped is not None else model_id
+
+
+def device_of(settings: Settings) -> str | None:
+    return None if settings.device == "auto" else settings.device
+
+
+@dataclass
+class Models:
+    """The image segmenter, plus the video model and text detector built only when a batch needs them."""
+
+    settings: Settings
+    model_id: str
+    strategy: str
+    segmenter: Any
+
+    @classmethod
+    def load(cls, settings: Settings, model_id: str, strategy: str) -> Models:
+        from model.cache import get_segmenter
+
+        return cls(settings, model_id, strategy, get_segmenter(resolve_model_id(model_id), device=device_of(settings)))
+
+    @property
+    def detector(self) -> Any:
+        if self.strategy != "text":
+            return None
+        from model.cache import get_detector
+
+        return get_detector(resolve_model_id(self.settings.detector_id), device=device_of(self.settings))
+
+    @property
+    def video(self) -> Any:
+        from model.cache import get_video_model
+
+        return get_video_model(resolve_model_id(self.model_id), device=str(self.segmenter.device))

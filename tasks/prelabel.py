@@ -1,0 +1,87 @@
+"""Prefect tasks of the pre-label flow: one task per batch (32-256 images or one video), ids in, ids out.
+
+I/O tasks (S3, Label Studio, SQL) retry with exponential backoff and jitter; the model task is not retried on bad
+input (bad objects are recorded and skipped inside it). The model is loaded once per worker process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from storage.catalog import Catalog
+from storage.settings import Settings
+from tasks import prelabel_ops as ops
+from tasks.models import Models
+
+_IO_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 4, 16],
+    "retry_jitter_factor": 0.5,
+    "cache_policy": NO_CACHE,
+}
+
+
+def _timed(fn: Any, *args: Any) -> ops.StageReport:
+    start = time.perf_counter()
+    report: ops.StageReport = fn(*args)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+@task(name="fetch-batch", **_IO_RETRIES)
+def fetch_batch(settings: Settings, catalog_url: str, run_id: int, asset_ids: list[int]) -> ops.StageReport:
+    report = _timed(ops.fetch, settings, Catalog(catalog_url, migrate=False), run_id, asset_ids)
+    get_run_logger().info("fetched %d assets (%d failed) in %.2fs", len(report.ok), len(report.failed), report.seconds)
+    return report
+
+
+@task(name="segment-batch", cache_policy=NO_CACHE, tags=["gpu"])
+def segment_batch(
+    settings: Settings,
+    catalog_url: str,
+    run_id: int,
+    asset_ids: list[int],
+    params: ops.PrelabelParams,
+    model_version: str,
+) -> ops.StageReport:
+    models = Models.load(settings, params.model_id, params.strategy)
+    report = _timed(
+        ops.segment, settings, Catalog(catalog_url, migrate=False), run_id, asset_ids, params, model_version, models
+    )
+    get_run_logger().info(
+        "segmented %d assets -> %d instances (%d failed, %d already done) in %.2fs",
+        len(report.ok),
+        report.instances,
+        len(report.failed),
+        len(report.skipped),
+        report.seconds,
+    )
+    return report
+
+
+@task(name="import-batch", **_IO_RETRIES)
+def import_batch(
+    settings: Settings,
+    catalog_url: str,
+    run_id: int,
+    asset_ids: list[int],
+    params: ops.PrelabelParams,
+    model_version: str,
+) -> ops.StageReport:
+    report = _timed(
+        ops.import_to_label_studio,
+        settings,
+        Catalog(catalog_url, migrate=False),
+        run_id,
+        asset_ids,
+        params,
+        model_version,
+    )
+    get_run_logger().info(
+        "imported %d assets into Label Studio (%d new tasks) in %.2fs", len(report.ok), report.instances, report.seconds
+    )
+    return report

@@ -1,0 +1,171 @@
+"""Brush RLE encoder/decoder against the Label Studio SDK, and Instances <-> Label Studio results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
+
+from model.instances import Instances
+from storage.labelstudio.convert import (
+    _runs,
+    box_to_percent,
+    brush_rle_to_mask,
+    decode_brush_rle,
+    encode_brush_runs,
+    instances_to_results,
+    mask_to_brush_rle,
+    result_to_mask,
+    results_to_instances,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def _blob(h: int, w: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[h // 4 : 3 * h // 4, w // 5 : 4 * w // 5] = True
+    return m
+
+
+MASKS = {
+    "1x1 empty": np.zeros((1, 1), bool),
+    "1x1 full": np.ones((1, 1), bool),
+    "3x5 checker": np.indices((3, 5)).sum(0) % 2 == 0,
+    "640x480 empty": np.zeros((480, 640), bool),
+    "640x480 full (runs over 2**16)": np.ones((480, 640), bool),
+    "640x480 blob": _blob(480, 640),
+    "640x480 noise": RNG.random((480, 640)) < 0.3,
+    "1080p blob": _blob(1080, 1920),
+    "single pixel": np.pad(np.ones((1, 1), bool), ((40, 9), (3, 60))),
+    "column stripe": np.tile(np.arange(97) == 50, (61, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKS))
+def test_mask_to_brush_rle_is_byte_identical_to_sdk_mask2rle(name: str) -> None:
+    mask = MASKS[name]
+    assert mask_to_brush_rle(mask) == mask2rle(mask.astype(np.uint8) * 255)
+
+
+@pytest.mark.parametrize("name", list(MASKS))
+def test_brush_rle_round_trips_through_our_decoder_and_the_sdks(name: str) -> None:
+    mask = MASKS[name]
+    rle = mask_to_brush_rle(mask)
+    np.testing.assert_array_equal(brush_rle_to_mask(rle, *mask.shape), mask)
+    sdk_alpha = decode_rle(rle).reshape(*mask.shape, 4)[:, :, 3]
+    np.testing.assert_array_equal(sdk_alpha > 0, mask)
+
+
+def test_uint8_mask_with_arbitrary_values_matches_sdk() -> None:
+    mask = RNG.integers(0, 256, (23, 31)).astype(np.uint8)
+    mask[5:20, 4:30] = 17
+    assert mask_to_brush_rle(mask) == mask2rle(mask)
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 9, 16, 17, 256, 257, 65536, 65537, 131072, 200001])
+def test_generic_run_encoder_matches_sdk_encode_rle_including_single_values_and_long_chunks(n: int) -> None:
+    arr = RNG.integers(0, 3, n).astype(np.uint8)
+    arr[n // 3 :] = 9  # one long run after a noisy (single-value) prefix
+    lengths, values = _runs(arr)
+    rle = encode_brush_runs(lengths, values, n)
+    assert rle == encode_rle(arr)
+    np.testing.assert_array_equal(decode_brush_rle(rle), arr)
+
+
+def test_decoder_reads_literal_blocks_the_sdk_decoder_agrees_on() -> None:
+    # hand-made stream: 5 words, literal block of 3 (x=0, size idx 0, len-1=2) then a series of 2 (x=1, len-1=1)
+    bits = f"{5:032b}" + f"{7:05b}" + "0010001101110000"  # header: word 8, rle sizes 3, 4, 8, 16
+    bits += "0" + "00" + "010" + f"{10:08b}{20:08b}{30:08b}"
+    bits += "1" + "00" + "001" + f"{99:08b}"
+    bits += "0" * (8 - len(bits) % 8)
+    rle = [int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)]
+    np.testing.assert_array_equal(decode_brush_rle(rle), [10, 20, 30, 99, 99])
+    np.testing.assert_array_equal(decode_rle(rle), [10, 20, 30, 99, 99])
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [(np.zeros((2, 3, 4), bool), "one \\(H, W\\) mask"), (np.zeros((3, 3), np.float32), "bool or uint8")],
+)
+def test_mask_to_brush_rle_rejects_bad_masks(mask: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mask_to_brush_rle(mask)
+
+
+def test_brush_rle_to_mask_rejects_wrong_size_and_truncated_streams() -> None:
+    rle = mask_to_brush_rle(MASKS["640x480 blob"])
+    with pytest.raises(ValueError, match="expected 480x641"):
+        brush_rle_to_mask(rle, 480, 641)
+    with pytest.raises(ValueError, match="truncated"):
+        decode_brush_rle(rle[:20])
+
+
+@pytest.mark.parametrize(
+    ("box", "h", "w", "expected"),
+    [
+        ((0, 0, 640, 480), 480, 640, {"x": 0.0, "y": 0.0, "width": 100.0, "height": 100.0}),
+        ((64, 48, 128, 96), 480, 640, {"x": 10.0, "y": 10.0, "width": 10.0, "height": 10.0}),
+        ((5, 5, 5, 5), 10, 10, {"x": 50.0, "y": 50.0, "width": 0.0, "height": 0.0}),
+    ],
+)
+def test_box_to_percent_table(box: tuple[float, ...], h: int, w: int, expected: dict[str, float]) -> None:
+    got = box_to_percent(box, h, w)
+    assert got == pytest.approx({**expected, "rotation": 0.0})
+
+
+def _instances() -> Instances:
+    masks = np.zeros((3, 60, 80), bool)
+    masks[0, 10:30, 20:50] = True
+    masks[1, 40:55, 5:15] = True  # masks[2] stays empty
+    return Instances(masks=masks, labels=["cat", "dog", "cat"], scores=[0.9, 0.4, 0.1])
+
+
+def test_instances_to_results_brush_polygon_rectangle_in_percent_with_region_scores() -> None:
+    results = instances_to_results(_instances(), brush_from="brush", polygon_from="polygon", rectangle_from="rect")
+    by_type: dict[str, list[dict]] = {}
+    for r in results:
+        by_type.setdefault(r["type"], []).append(r)
+    # the empty third mask yields a rectangle only
+    assert [len(by_type[t]) for t in ("brushlabels", "polygonlabels", "rectanglelabels")] == [2, 2, 3]
+    brush = by_type["brushlabels"][0]
+    assert brush["value"]["brushlabels"] == ["cat"] and brush["score"] == pytest.approx(0.9)
+    assert (brush["original_width"], brush["original_height"]) == (80, 60)
+    np.testing.assert_array_equal(brush_rle_to_mask(brush["value"]["rle"], 60, 80), _instances().masks[0])
+    rect = by_type["rectanglelabels"][0]["value"]
+    assert (rect["x"], rect["y"], rect["width"], rect["height"]) == pytest.approx((25.0, 100 / 6, 37.5, 100 / 3))
+    pts = np.array(by_type["polygonlabels"][0]["value"]["points"])
+    assert pts.min(axis=0) == pytest.approx([25.0, 100 / 6], abs=0.01) and pts.max(axis=0) == pytest.approx([62.5, 50.0], abs=0.01)
+    assert len({r["id"] for r in results}) == len(results)
+
+
+def test_instances_to_results_of_no_instances_is_empty() -> None:
+    assert instances_to_results(Instances.empty(10, 10), polygon_from="polygon", rectangle_from="rect") == []
+
+
+@pytest.mark.parametrize("kind", ["brush", "polygon", "rect"])
+def test_results_to_instances_recovers_masks_per_tag(kind: str) -> None:
+    inst = _instances()[[0, 1]]
+    results = instances_to_results(inst, brush_from="brush" if kind == "brush" else None, polygon_from="polygon" if kind == "polygon" else None, rectangle_from="rect" if kind == "rect" else None)
+    back = results_to_instances(results, 60, 80)
+    assert back.labels == ["cat", "dog"]
+    assert all(p.kind == "human" for p in back.prompts)
+    np.testing.assert_array_equal(back.masks, inst.masks)  # rectangles here: masks are boxes already
+
+
+def test_results_to_instances_ignores_non_region_results_and_handles_none() -> None:
+    assert len(results_to_instances([{"type": "choices", "value": {"choices": ["x"]}}], 4, 4)) == 0
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        ({"id": "a", "type": "brushlabels", "value": {"format": "rle", "rle": [0], "brushlabels": []}, "original_width": 4, "original_height": 4}, "exactly one"),
+        ({"id": "b", "type": "keypointlabels", "value": {"keypointlabels": ["x"]}, "original_width": 4, "original_height": 4}, "unsupported type"),
+        ({"id": "c", "type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 2, "height": 2, "rotation": 30, "rectanglelabels": ["x"]}, "original_width": 4, "original_height": 4}, "rotated"),
+        ({"id": "d", "type": "rectanglelabels", "value": {"rectanglelabels": ["x"]}}, "no original_width"),
+    ],
+)
+def test_result_to_mask_rejects_bad_results(result: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        result_to_mask(result)

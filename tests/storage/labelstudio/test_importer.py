@@ -1,0 +1,245 @@
+"""Projects, bulk pre-label import, idempotency, crash reconciliation and prediction refresh on a real Label Studio."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import pytest
+
+from model.instances import Instances
+from model.masks import mask_to_rle
+from model.tracks import Track, TrackFrame, VideoTracks
+from storage.catalog import Catalog, LabelStudioTask
+from storage.labelstudio import importer
+from storage.labelstudio.client import LabelStudioClient
+from storage.labelstudio.convert import brush_rle_to_mask
+from storage.labelstudio.importer import ImportItem, _batches, ensure_project, import_predictions, model_version_string
+
+pytestmark = pytest.mark.labelstudio
+
+_names = itertools.count()
+V1 = model_version_string("facebook/sam2.1-hiera-tiny", "0123456789abcdef", "grid32")
+V2 = model_version_string("facebook/sam2.1-hiera-tiny", "fedcba9876543210", "grid32")
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+def _instances(seed: int, label: str = "cat", h: int = 480, w: int = 640) -> Instances:
+    mask = np.zeros((1, h, w), bool)
+    y, x = 20 + seed % 200, 30 + (seed * 7) % 300
+    mask[0, y : y + 120, x : x + 160] = True
+    return Instances(masks=mask, labels=[label], scores=[0.8])
+
+
+def _items(asset_ids: list[int], version: str = V1) -> list[ImportItem]:
+    return [ImportItem(a, f"http://127.0.0.1:9/img/{a}.jpg", _instances(a), version, task_score=0.01 * (a % 100)) for a in asset_ids]
+
+
+def _catalog_rows(catalog: Catalog) -> list[LabelStudioTask]:
+    with catalog.session() as session:
+        return list(session.query(LabelStudioTask).all())
+
+
+def test_ensure_project_creates_one_project_from_the_class_list_with_uncertainty_sampling(ls_client: LabelStudioClient, ls_catalog: Catalog) -> None:
+    name = _name("create")
+    row = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
+    again = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
+    assert again.id == row.id and again.ls_project_id == row.ls_project_id
+    assert len(ls_client.list_projects(title=name)) == 1
+    project = ls_client.get_project(row.ls_project_id)
+    assert project["sampling"] == "Uncertainty sampling"
+    assert project["show_collab_predictions"] is True
+    assert 'BrushLabels name="brush"' in project["label_config"] and 'value="dog"' in project["label_config"]
+    assert 'RectangleLabels name="rect"' in project["label_config"]
+    grown = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog", "bird"], rectangles=True)
+    assert grown.classes == ["cat", "dog", "bird"]
+    assert 'value="bird"' in ls_client.get_project(row.ls_project_id)["label_config"]
+
+
+def test_ensure_project_adopts_a_label_studio_project_the_catalog_lost(ls_client: LabelStudioClient, ls_catalog: Catalog) -> None:
+    name = _name("adopt")
+    created = ls_client.create_project(name, "<View><Image name='image' value='$image'/></View>")
+    row = ensure_project(ls_client, ls_catalog, name, "image", ["cat"])
+    assert row.ls_project_id == created["id"]
+    assert len(ls_client.list_projects(title=name)) == 1
+
+
+def test_bulk_import_of_500_tasks_with_brush_predictions_then_rerun_imports_nothing(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]
+) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("bulk"), "image", ["cat", "dog"])
+    ids = make_assets(500)
+    report = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=200)
+    assert (report.created, report.skipped, report.refreshed, report.batches) == (500, 0, 0, 3)
+    ls_project = ls_client.get_project(project.ls_project_id)
+    assert ls_project["task_number"] == 500
+    assert ls_project["model_version"] == V1
+    rows = _catalog_rows(ls_catalog)
+    assert len(rows) == 500 and {r.last_model_version for r in rows} == {V1}
+    row = next(r for r in rows if r.asset_id == ids[123])
+    task = ls_client.get_task(row.ls_task_id)
+    assert task["data"]["maskloop_asset_id"] == ids[123] and task["data"]["image"].endswith(f"/{ids[123]}.jpg")
+    (pred,) = ls_client.list_predictions(row.ls_task_id)
+    assert pred["model_version"] == V1 and pred["score"] == pytest.approx(0.01 * (ids[123] % 100))
+    (region,) = pred["result"]
+    np.testing.assert_array_equal(brush_rle_to_mask(region["value"]["rle"], 480, 640), _instances(ids[123]).masks[0])
+    assert region["score"] == pytest.approx(0.8)
+
+    rerun = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=200)
+    assert (rerun.created, rerun.skipped, rerun.refreshed) == (0, 500, 0)
+    assert ls_client.get_project(project.ls_project_id)["task_number"] == 500
+
+
+def test_crash_between_post_and_commit_is_reconciled_without_duplicates(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("crash"), "image", ["cat"])
+    ids = make_assets(30)
+    real_record = importer._record_tasks
+    calls = {"n": 0}
+
+    def crash_after_first_batch(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # second batch: POSTed to Label Studio, process dies before the catalog commit
+            raise KeyboardInterrupt("simulated crash")
+        real_record(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importer, "_record_tasks", crash_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=10)
+    monkeypatch.setattr(importer, "_record_tasks", real_record)
+    assert len(_catalog_rows(ls_catalog)) == 10
+    assert ls_client.get_project(project.ls_project_id)["task_number"] == 20
+
+    report = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=10)
+    assert (report.reconciled, report.created, report.skipped) == (10, 10, 20)
+    assert ls_client.get_project(project.ls_project_id)["task_number"] == 30
+    tasks = list(ls_client.iter_tasks(project.ls_project_id))
+    assert sorted(t["data"]["maskloop_asset_id"] for t in tasks) == sorted(ids)
+    assert {r.ls_task_id for r in _catalog_rows(ls_catalog)} == {t["id"] for t in tasks}
+
+
+def test_lost_response_is_retried_after_reconciling_so_nothing_is_duplicated(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("lost"), "image", ["cat"])
+    ids = make_assets(12)
+    real_post = ls_client.import_tasks_raw
+    calls = {"n": 0}
+
+    def post_then_lose_response(project_id: int, body: bytes) -> list[int]:
+        calls["n"] += 1
+        task_ids = real_post(project_id, body)
+        if calls["n"] == 1:
+            raise httpx.ReadTimeout("simulated: Label Studio committed but the response was lost")
+        return task_ids
+
+    monkeypatch.setattr(ls_client, "import_tasks_raw", post_then_lose_response)
+    report = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=5, backoff_s=0.01)
+    assert report.created + report.reconciled == 12 and report.reconciled == 5
+    assert ls_client.get_project(project.ls_project_id)["task_number"] == 12
+    assert len(_catalog_rows(ls_catalog)) == 12
+
+
+def test_new_model_version_adds_predictions_and_keeps_tasks_and_human_annotations(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]
+) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("refresh"), "image", ["cat", "dog"])
+    ids = make_assets(3)
+    import_predictions(ls_client, ls_catalog, project, _items(ids, V1))
+    before = {r.asset_id: r.ls_task_id for r in _catalog_rows(ls_catalog)}
+    human = ls_client.create_annotation(before[ids[0]], [{**_fixed_result("dog"), "id": "human1"}])
+
+    report = import_predictions(ls_client, ls_catalog, project, _items(ids, V2))
+    assert (report.created, report.refreshed, report.skipped) == (0, 3, 0)
+    after = {r.asset_id: r.ls_task_id for r in _catalog_rows(ls_catalog)}
+    assert after == before
+    assert ls_client.get_project(project.ls_project_id)["task_number"] == 3
+    task = ls_client.get_task(before[ids[0]])
+    assert [a["id"] for a in task["annotations"]] == [human["id"]]
+    assert task["annotations"][0]["result"][0]["value"]["brushlabels"] == ["dog"]
+    assert sorted(p["model_version"] for p in ls_client.list_predictions(before[ids[0]])) == sorted([V1, V2])
+    assert {r.last_model_version for r in _catalog_rows(ls_catalog)} == {V2}
+    assert ls_client.get_project(project.ls_project_id)["model_version"] == V2
+    assert import_predictions(ls_client, ls_catalog, project, _items(ids, V2)).skipped == 3
+
+
+def _fixed_result(label: str) -> dict:
+    from storage.labelstudio.convert import instances_to_results
+
+    return instances_to_results(_instances(5, label))[0]
+
+
+def test_video_tracks_import_as_videorectangle_predictions(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]
+) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("video"), "video", ["person", "dog"], framerate=24)
+    (asset,) = make_assets(1, media_type="video", width=64, height=48)
+    mask = np.zeros((48, 64), bool)
+    mask[10:20, 5:25] = True
+    frames = [TrackFrame(i, i / 24, mask_to_rle(mask), (5.0, 10.0, 25.0, 20.0), 0.9, 1.0) for i in (0, 4, 8)]
+    tracks = VideoTracks(48, 64, 24.0, 9, [0, 4, 8], [Track(3, "person", frames)], model_id="sam2")
+    report = import_predictions(ls_client, ls_catalog, project, [(asset, "http://127.0.0.1:9/v.mp4", tracks, V1, 0.3)])
+    assert report.created == 1
+    (row,) = _catalog_rows(ls_catalog)
+    task = ls_client.get_task(row.ls_task_id)
+    assert task["data"]["video"] == "http://127.0.0.1:9/v.mp4"
+    (pred,) = ls_client.list_predictions(row.ls_task_id)
+    (region,) = pred["result"]
+    assert region["type"] == "videorectangle" and region["from_name"] == "box" and region["value"]["labels"] == ["person"]
+    assert [k["frame"] for k in region["value"]["sequence"]] == [1, 5, 9]
+    assert region["value"]["sequence"][0]["x"] == pytest.approx(100 * 5 / 64)
+
+
+def test_unknown_label_is_rejected_before_anything_is_sent(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]
+) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("invalid"), "image", ["cat"])
+    ids = make_assets(3)
+    items = _items(ids[:2]) + [ImportItem(ids[2], "http://127.0.0.1:9/x.jpg", _instances(1, "zebra"), V1)]
+    with pytest.raises(ValueError, match=f"asset {ids[2]} .*unknown label.*zebra"):
+        import_predictions(ls_client, ls_catalog, project, items)
+    wrong_tag = [{**_fixed_result("cat"), "from_name": "mask"}]
+    with pytest.raises(ValueError, match="from_name 'mask'"):
+        import_predictions(ls_client, ls_catalog, project, [(ids[0], "http://127.0.0.1:9/x.jpg", wrong_tag, V1, None)])
+    assert ls_client.get_project(project.ls_project_id)["task_number"] == 0
+    assert _catalog_rows(ls_catalog) == []
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_bytes", "max_tasks", "expected"),
+    [
+        ([], 100, 10, []),
+        ([10, 10, 10], 100, 10, [[0, 1, 2]]),
+        ([40, 40, 40], 100, 10, [[0, 1], [2]]),
+        ([5] * 5, 1000, 2, [[0, 1], [2, 3], [4]]),
+    ],
+)
+def test_batches_are_bounded_by_payload_bytes_and_task_count(sizes: list[int], max_bytes: int, max_tasks: int, expected: list[list[int]]) -> None:
+    assert _batches([b"x" * n for n in sizes], max_bytes, max_tasks) == expected
+
+
+def test_a_single_task_over_the_payload_limit_is_rejected() -> None:
+    with pytest.raises(ValueError, match="over the batch limit"):
+        _batches([b"x" * 200], 100, 10)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [((1, "", [], "v"), "media_url"), ((1, "u", [], ""), "model_version"), ((1, "u", [], "v", None, -2), "frame_index")],
+)
+def test_import_item_validates_fields(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImportItem(*args)
+
+
+def test_duplicate_items_in_one_call_are_rejected(ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("dupe"), "image", ["cat"])
+    (a,) = make_assets(1)
+    with pytest.raises(ValueError, match="more than once"):
+        import_predictions(ls_client, ls_catalog, project, _items([a, a]))
