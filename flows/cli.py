@@ -81,8 +81,25 @@ def _param_value(text: str) -> object:
         return text
 
 
+class _ProgressBar(logging.Handler):
+    """Draws ``maskloop.progress`` records as a one-line bar on a terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        done, total = getattr(record, "done", 0), max(1, getattr(record, "total", 1))
+        filled = int(30 * done / total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] batch {done}/{total} ({getattr(record, 'assets', '?')} assets)")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
 def cmd_prelabel(args: argparse.Namespace) -> int:
     from flows.prelabel import prelabel_flow
+
+    if sys.stderr.isatty():
+        progress = logging.getLogger("maskloop.progress")
+        progress.addHandler(_ProgressBar())
+        progress.propagate = False
 
     strategy_params = {}
     for item in args.param or []:

@@ -7,6 +7,7 @@ imported. Kill it at any point and run it again: nothing already imported is los
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,6 +25,9 @@ from tasks import prelabel_ops as ops
 from tasks.discovery import discover_assets
 from tasks.models import Models
 from tasks.prelabel import fetch_batch, import_batch, segment_batch
+
+# Batch progress for terminals: ``maskloop prelabel`` draws a bar from these records (extra: done, total, assets).
+progress_log = logging.getLogger("maskloop.progress")
 
 
 @flow(name="prelabel", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -98,6 +102,7 @@ def prelabel_flow(
                 import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])
             )
             update_progress_artifact(progress, 100.0 * (k + 1) / len(batches))
+            progress_log.info("batch %d/%d", k + 1, len(batches), extra={"done": k + 1, "total": len(batches), "assets": len(todo)})
         for future in imports:
             counts["done"] += len(future.result().ok)
         status = "completed"

@@ -89,9 +89,10 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]:
-    """Outer contours of every connected part of an (H, W) mask as flat [x0, y0, x1, y1, ...] pixel-corner
-    polygons (COCO ``segmentation`` style). Holes are represented the way COCO does: the polygon list alone
-    cannot carry them, so :func:`polygons_to_mask` of the result fills holes; use RLE when holes matter.
+    """Outer contours of every 4-connected part of an (H, W) mask as flat [x0, y0, x1, y1, ...] pixel-corner
+    polygons (COCO ``segmentation`` style). Each part's holes are joined into its polygon by zero-width keyhole
+    bridges (see :mod:`model.contours`), so with ``tolerance=0`` ``polygons_to_mask(mask_to_polygons(m)) == m``
+    exactly (pycocotools fills even-odd); simplification (``tolerance`` > 0) makes it approximate.
 
     ``tolerance`` > 0 simplifies each contour (Douglas-Peucker, in pixels).
     """

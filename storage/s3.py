@@ -32,6 +32,7 @@ MediaType = Literal["image", "video"]
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_SINGLE_GET_MAX = 32 * 1024 * 1024
 _RETRYABLE_CODES = frozenset(
     {"500", "502", "503", "504", "SlowDown", "RequestTimeout", "InternalError", "ThrottlingException"}
 )
@@ -169,7 +170,12 @@ def download(client: Any, obj: S3Object, cache_dir: Path) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as handle:
-                client.download_fileobj(obj.bucket, obj.key, handle)
+                if obj.size <= _SINGLE_GET_MAX:  # one GET; s3transfer's HEAD + ranged GETs only pay off when large
+                    body = client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+                    for chunk in body.iter_chunks(1 << 20):
+                        handle.write(chunk)
+                else:
+                    client.download_fileobj(obj.bucket, obj.key, handle)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,23 @@ from storage.settings import Settings
 from tasks import prelabel_ops as ops
 from tasks.models import Models
 
+def is_transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry I/O failures that may pass (connection errors, 5xx, 429); not bad input or 4xx answers."""
+    from botocore.exceptions import ClientError
+
+    from storage.labelstudio.client import LabelStudioError
+
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, LabelStudioError):
+        return error.status >= 500 or error.status == 429
+    if isinstance(error, ClientError):
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status >= 500 or status == 429
+    return not isinstance(error, (ValueError, TypeError, KeyError, PermissionError))
+
+
 _IO_RETRIES: dict[str, Any] = {
+    "retry_condition_fn": is_transient,
     "retries": 3,
     "retry_delay_seconds": [1, 4, 16],
     "retry_jitter_factor": 0.5,

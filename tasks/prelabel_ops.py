@@ -26,6 +26,7 @@ from storage.settings import Settings
 log = logging.getLogger(__name__)
 
 Strategy = Literal["everything", "text", "prior"]
+MAX_PROJECT_NAME = 41  # Label Studio caps project titles at 50 characters; we append " (images)" / " (videos)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class PrelabelParams:
             raise ValueError(f"strategy must be everything, text or prior, got {self.strategy!r}")
         if self.strategy == "text" and not self.classes:
             raise ValueError("strategy 'text' needs at least one class name")
+        if not self.project or len(self.project) > MAX_PROJECT_NAME:
+            raise ValueError(f"project must be 1..{MAX_PROJECT_NAME} characters (Label Studio titles are <= 50 with ' (images)'), got {self.project!r}")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError(f"batch_size must be in 1..1024, got {self.batch_size}")
 

@@ -57,7 +57,7 @@ def test_prelabel_puts_images_and_video_into_label_studio_and_skips_bad_object(
     from flows.prelabel import prelabel_flow
 
     keys = fill_bucket(images=5, videos=1, broken=1)
-    project = f"e2e-{bucket}"
+    project = f"e2e-{bucket[-8:]}"
     result = prelabel_flow(
         f"s3://{bucket}/in/",
         project=project,
@@ -192,7 +192,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(
 
     fill_bucket(images=8, videos=0, broken=0)
     catalog = Catalog(flow_settings.resolved_database_url)
-    source, project = f"s3://{bucket}/in/", f"kill-{kill_point}-{bucket}"
+    source, project = f"s3://{bucket}/in/", f"kill-{kill_point[6:]}-{bucket[-8:]}"
     proc = _spawn_prelabel(flow_settings, prefect_api, source, project)
     watched = Prediction if kill_point == "after-first-prediction" else LabelStudioTask
     _kill_when(proc, lambda: _count(catalog, watched) >= 1)

@@ -1,0 +1,139 @@
+"""Building, loading and saving ``Sam2Model`` checkpoints (transformers format) and the pieces of its forward
+that training needs with gradients (the public ``get_image_embeddings`` runs under ``no_grad``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def build_model(model_config: dict[str, Any], *, tie_positional_embeddings: bool = True):  # noqa: ANN201
+    """A fresh ``Sam2Model`` from a ``Sam2Config`` dict. Tying copies the image-wide positional basis into the
+    prompt encoder so point/box coordinates and image positions share one Fourier basis from step 0."""
+    from transformers import Sam2Config, Sam2Model
+
+    model = Sam2Model(Sam2Config(**model_config))
+    if tie_positional_embeddings:
+        tie_positional_basis(model)
+    return model
+
+
+def tie_positional_basis(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(
+            model.shared_image_embedding.positional_embedding
+        )
+
+
+def load_model(path: Path):  # noqa: ANN201
+    from transformers import Sam2Model
+
+    return Sam2Model.from_pretrained(str(path))
+
+
+def image_size(model: torch.nn.Module) -> int:
+    return int(model.config.prompt_encoder_config.image_size)
+
+
+def to_pixel_values(images: list[np.ndarray], device: torch.device | str) -> torch.Tensor:
+    """(S, S, 3) uint8 images -> normalised (B, 3, S, S) float tensor (SAM 2's ImageNet normalisation)."""
+    batch = np.stack(images).astype(np.float32) / 255.0
+    batch = (batch - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def image_features(model: torch.nn.Module, pixel_values: torch.Tensor, *, encoder_grad: bool) -> list[torch.Tensor]:
+    """Multi-scale features (high-res first, NCHW) exactly as ``Sam2Model.forward`` feeds its mask decoder."""
+    with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
+        vision = model.vision_encoder(pixel_values, return_dict=True)
+    feats = list(vision.fpn_hidden_states)
+    feats[0] = model.mask_decoder.conv_s0(feats[0])
+    feats[1] = model.mask_decoder.conv_s1(feats[1])
+    feats[-1] = feats[-1] + model.no_memory_embedding.view(1, -1, 1, 1)
+    return feats
+
+
+def decode(
+    model: torch.nn.Module,
+    feats: list[torch.Tensor],
+    image_index: torch.Tensor,
+    *,
+    points: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    mask_inputs: torch.Tensor | None = None,
+    multimask: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks for M prompts, one object each: ``points`` (M, P, 2) xy with ``labels`` (M, P), ``boxes`` (M, 4) xyxy,
+    ``mask_inputs`` (M, 1, h, w) logits, all in input-pixel coordinates. Returns low-res logits (M, K, h, w) and
+    predicted IoUs (M, K), K = 3 with ``multimask`` else 1."""
+    emb = feats[-1][image_index]
+    high_res = [f[image_index] for f in feats[:-1]]
+    sparse, dense = model.prompt_encoder(
+        input_points=None if points is None else points[:, None],
+        input_labels=None if labels is None else labels[:, None],
+        input_boxes=None if boxes is None else boxes[:, None],
+        input_masks=mask_inputs,
+    )
+    if dense.shape[0] != emb.shape[0]:
+        dense = dense.expand(emb.shape[0], -1, -1, -1)
+    pos = model.get_image_wide_positional_embeddings().expand(emb.shape[0], -1, -1, -1)
+    logits, iou, _, _ = model.mask_decoder(
+        image_embeddings=emb,
+        image_positional_embeddings=pos,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        high_resolution_features=high_res,
+    )
+    return logits[:, 0], iou[:, 0]
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, card: dict[str, Any], curve: list[dict[str, float]]) -> None:
+    """``save_pretrained`` (safetensors) plus ``training.json`` and a README.md model card."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    (path / "training.json").write_text(json.dumps({"card": card, "curve": curve}, indent=1, default=str))
+    (path / "README.md").write_text(model_card(card, curve))
+
+
+def model_card(card: dict[str, Any], curve: list[dict[str, float]]) -> str:
+    lines = [
+        f"# {card.get('model_id', 'sam2-finetuned')}",
+        "",
+        str(
+            card.get("description", "A transformers `Sam2Model` checkpoint trained with maskloop's fine-tuning engine.")
+        ),
+        "",
+        "## Training",
+        "",
+    ]
+    lines += [f"- **{k}**: {v}" for k, v in card.items() if k not in {"model_id", "description", "metrics", "notes"}]
+    metrics = card.get("metrics", {})
+    if metrics:
+        lines += ["", "## Held-out metrics (this checkpoint)", ""]
+        lines += [f"- **{k}**: {v:.4f}" if isinstance(v, float) else f"- **{k}**: {v}" for k, v in metrics.items()]
+    if curve:
+        lines += [
+            "",
+            "## Training curve (held-out prompt IoU)",
+            "",
+            "| minutes | step | lr | train loss | box IoU | point IoU |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in curve:
+            lines.append(
+                f"| {row.get('minutes', 0):.1f} | {int(row.get('step', 0))} | {row.get('lr', 0):.2e} | "
+                f"{row.get('train_loss', float('nan')):.4f} | {row.get('box_iou', float('nan')):.3f} | "
+                f"{row.get('point_iou', float('nan')):.3f} |"
+            )
+    if card.get("notes"):
+        lines += ["", "## Notes", "", str(card["notes"])]
+    return "\n".join(lines) + "\n"

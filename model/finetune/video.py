@@ -1,0 +1,156 @@
+"""A differentiable multi-frame training step for ``Sam2VideoModel``'s memory path.
+
+The public session API wraps inference (no gradients, per-frame state), so this step calls the model's own pieces
+directly, as SAM 2's training does: ``get_image_features`` for all frames, ``_single_frame_forward`` with a box
+prompt on frame 0, then for each later frame ``memory_attention`` over the spatial memories
+(``_encode_new_memory``) of the prompted frame and the last ``num_maskmem - 1`` frames plus the object pointers
+(``_process_object_pointers``), and the mask loss on every frame. These are private transformers names: the step is
+written against transformers 5.23 and pinned by ``tests/model/test_finetune.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.finetune.losses import mask_iou, mask_losses
+from model.finetune.modelio import to_pixel_values
+from model.finetune.prompts import mask_box
+
+
+@dataclass(frozen=True)
+class ClipLoss:
+    """Loss of one clip and its diagnostics: ``j_first`` (prompted frame) and ``j_propagated`` (later frames;
+    an empty prediction of an absent object counts as 1, as in DAVIS)."""
+
+    loss: torch.Tensor
+    j_first: float
+    j_propagated: float
+    objects: int
+
+
+def clip_loss(
+    model: torch.nn.Module,
+    frames: np.ndarray,
+    masks: np.ndarray,
+    *,
+    loss_size: int | None = None,
+    score_weight: float = 1.0,
+    focal_weight: float = 20.0,
+    dice_weight: float = 1.0,
+    iou_weight: float = 1.0,
+) -> ClipLoss:
+    """``frames`` (T, S, S, 3) uint8 at the model's input size, ``masks`` (T, N, S, S) bool per-frame GT.
+
+    Objects absent from frame 0 are skipped (nothing to prompt). Mask losses apply where the object is visible;
+    the object-score head is trained on every frame (objects leave and re-enter).
+    """
+    if frames.ndim != 4 or masks.ndim != 4 or masks.shape[0] != frames.shape[0] or masks.shape[2:] != frames.shape[1:3]:
+        raise ValueError(
+            f"clip_loss expects frames (T, S, S, 3) and masks (T, N, S, S), got {frames.shape} {masks.shape}"
+        )
+    device = next(model.parameters()).device
+    present0 = masks[0].reshape(masks.shape[1], -1).any(1)
+    if not present0.any():
+        raise ValueError("clip_loss needs at least one object visible on frame 0")
+    gt = masks[:, present0]
+    n, t_len, size = int(present0.sum()), frames.shape[0], frames.shape[1]
+    loss_size = loss_size or size
+    target = torch.from_numpy(gt).to(device).float()
+    if loss_size != size:
+        target = (F.interpolate(target, size=(loss_size, loss_size), mode="area") >= 0.5).float()
+    vision = model.get_image_features(to_pixel_values(list(frames), device), return_dict=True)
+    feats, pos = vision.fpn_hidden_states, vision.fpn_position_encoding  # (HW, T, C) per level
+    sizes = model.backbone_feature_sizes
+    channels = model.hidden_dim
+    h, w = sizes[-1]
+    memories: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pointers: list[torch.Tensor] = []
+    total = torch.zeros((), device=device)
+    j_first, j_prop = 0.0, []
+    boxes = torch.from_numpy(np.stack([mask_box(m) for m in gt[0]])).to(device)[:, None]
+    kw = {"focal_weight": focal_weight, "dice_weight": dice_weight, "iou_weight": iou_weight}
+    for t in range(t_len):
+        cur = [f[:, t : t + 1].expand(-1, n, -1) for f in feats]
+        high_res = [x.permute(1, 2, 0).reshape(n, x.size(2), *s) for x, s in zip(cur[:-1], sizes[:-1], strict=True)]
+        if t == 0:
+            pix = (cur[-1] + model.no_memory_embedding).permute(1, 2, 0).reshape(n, channels, h, w)
+            out = model._single_frame_forward(
+                image_embeddings=[*high_res, pix], input_boxes=boxes, multimask_output=False
+            )
+        else:
+            pix = _memory_conditioned(
+                model, t, t_len, cur[-1], pos[-1][:, t : t + 1].expand(-1, n, -1), memories, pointers
+            )
+            out = model._single_frame_forward(image_embeddings=[*high_res, pix], multimask_output=False)
+        logits = out.pred_masks.reshape(n, 1, *out.pred_masks.shape[-2:])
+        iou_pred = out.iou_scores.reshape(n, -1)[:, :1]
+        score = out.object_score_logits.reshape(n)
+        visible = target[t].flatten(1).any(1)
+        # frames judged object-free carry SAM 2's -1024 fill: clamp so the loss stays finite-sized (no gradient there)
+        up = F.interpolate(logits.float(), size=(loss_size, loss_size), mode="bilinear", align_corners=False).clamp(
+            min=-32
+        )
+        frame_loss = score_weight * F.binary_cross_entropy_with_logits(score.float(), visible.float())
+        if visible.any():
+            m_loss, _ = mask_losses(up[visible], iou_pred[visible].float(), target[t][visible], **kw)
+            frame_loss = frame_loss + m_loss
+        total = total + frame_loss / t_len
+        with torch.no_grad():
+            shown = torch.where(score[:, None, None] > 0, up[:, 0], torch.full_like(up[:, 0], -1.0))
+            j = mask_iou(shown, target[t])
+        if t == 0:
+            j_first = float(j.mean())
+        else:
+            j_prop += j.tolist()
+        mem, mem_pos = model._encode_new_memory(
+            current_vision_feats=cur[-1],
+            pred_masks_high_res=out.high_res_masks.reshape(n, 1, *out.high_res_masks.shape[-2:]),
+            object_score_logits=out.object_score_logits.reshape(n, 1, 1),
+            is_mask_from_pts=(t == 0),
+        )
+        memories.append((mem.float(), mem_pos))
+        pointers.append(out.object_pointer.reshape(n, channels))
+    return ClipLoss(total, j_first, float(np.mean(j_prop)) if j_prop else float("nan"), n)
+
+
+def _memory_conditioned(
+    model: torch.nn.Module,
+    t: int,
+    t_len: int,
+    current: torch.Tensor,
+    current_pos: torch.Tensor,
+    memories: list[tuple[torch.Tensor, torch.Tensor]],
+    pointers: list[torch.Tensor],
+) -> torch.Tensor:
+    """Frame ``t``'s top-level features after memory attention (frame 0 is the conditioning frame)."""
+    n, channels = current.shape[1], model.hidden_dim
+    h, w = model.backbone_feature_sizes[-1]
+    enc = model.memory_temporal_positional_encoding
+    mem, mem_pos = [memories[0][0]], [memories[0][1] + enc[-1]]  # conditioning frame: temporal slot of offset 0
+    for offset in range(model.num_maskmem - 1, 0, -1):
+        prev = t - offset
+        if prev >= 1:
+            mem.append(memories[prev][0])
+            mem_pos.append(memories[prev][1] + enc[offset - 1])
+    max_ptr = min(t_len, model.config.max_object_pointers_in_encoder)
+    offsets, tokens = [t], [pointers[0]]
+    for d in range(1, max_ptr):
+        if t - d < 1:
+            break
+        offsets.append(d)
+        tokens.append(pointers[t - d])
+    ptr, ptr_pos = model._process_object_pointers(offsets, tokens, max_ptr, n, channels, current.device)
+    memory = torch.cat([*mem, ptr])
+    memory_pos = torch.cat([*mem_pos, ptr_pos])
+    fused = model.memory_attention(
+        current_vision_features=current,
+        current_vision_position_embeddings=current_pos,
+        memory=memory,
+        memory_posision_embeddings=memory_pos,
+        num_object_pointer_tokens=ptr.shape[0],
+    )
+    return fused.squeeze(1).transpose(1, 2).reshape(n, channels, h, w)

@@ -1,0 +1,80 @@
+"""Decode image bytes to (H, W, 3) uint8 RGB arrays, normalising mode, bit depth and EXIF orientation.
+
+Everything that cannot be used raises :class:`~model.errors.BadMediaError` naming the object and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+from model.errors import BadMediaError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; SAM 2 downsizes to 1024 px anyway
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``data`` (JPEG, PNG, WebP, TIFF, BMP, GIF ...) to an (H, W, 3) uint8 RGB array.
+
+    Grayscale, palette, RGBA (alpha dropped, composited on nothing), CMYK and 16-bit images are converted; the EXIF
+    orientation is applied so the array is what a viewer shows. Images above ``max_pixels`` are refused before
+    their pixels are decoded (decompression-bomb guard).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadMediaError(name, f"expected image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise BadMediaError(name, "empty file (0 bytes)")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels check decides
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise BadMediaError(
+                    name, f"image of {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
+                )
+            if width < 1 or height < 1:
+                raise BadMediaError(name, f"image has no pixels ({width}x{height})")
+            image.load()
+            upright = ImageOps.exif_transpose(image) or image
+            array = _to_rgb_uint8(upright)
+    except BadMediaError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadMediaError(name, f"image exceeds Pillow's decompression-bomb limit ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise BadMediaError(name, f"not a decodable image ({exc.__class__.__name__}: {exc})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise BadMediaError(name, f"corrupt or truncated image ({exc.__class__.__name__}: {exc})") from exc
+    return array
+
+
+def _to_rgb_uint8(image: object) -> np.ndarray:
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    mode = image.mode
+    if mode in {"I;16", "I;16B", "I;16L", "I", "I;16N"}:
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        lo, hi = float(values.min(initial=0)), float(values.max(initial=0))
+        gray = (
+            np.zeros(values.shape, np.uint8) if hi <= lo else np.round((values - lo) / (hi - lo) * 255).astype(np.uint8)
+        )
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.uint8)
+    return np.ascontiguousarray(array)

@@ -1,0 +1,342 @@
+"""SAM 2 video tracking in streaming mode with bounded memory.
+
+:class:`Sam2Video` loads transformers' ``Sam2VideoModel`` (from a ``sam2_video`` checkpoint, or from an image-only
+``sam2`` checkpoint by converting the config; the memory modules are then untrained and a warning is logged).
+:class:`Sam2VideoSession` feeds frames one at a time and prompts objects with masks on the current frame.
+
+Neither transformers nor Meta's code prunes a session: every frame (at model resolution) and every per-frame output
+(high-res mask logits included) is kept forever. The session here keeps only what the memory bank reads:
+conditioning frames (prompts) plus the last ``max(num_maskmem, max_object_pointers_in_encoder) - 1`` tracked frames,
+drops high-res logits once encoded and the pixels of past frames. The per-frame loop mirrors
+``Sam2VideoModel.forward`` (transformers 5.x) using its private steps so it can also report the decoder's predicted
+IoU, prompt objects on an already-tracked frame without re-running the others, and prune in between.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class ObjectFrame:
+    """One object's prediction on one frame: ``mask`` (H, W) bool at frame size, decoder IoU, presence in 0..1."""
+
+    mask: np.ndarray
+    score: float
+    presence: float
+
+    @property
+    def visible(self) -> bool:
+        return self.presence >= 0.5 and bool(self.mask.any())
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def video_config_from_image_config(image_config: Any) -> Any:
+    """Build a ``Sam2VideoConfig`` sharing the image model's encoder/prompt/decoder settings (memory at defaults
+    sized to the image model's feature width and lowest-resolution feature map)."""
+    from transformers import Sam2VideoConfig
+
+    vision = image_config.vision_config
+    hidden = int(vision.fpn_hidden_size)
+    return Sam2VideoConfig(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config=image_config.prompt_encoder_config.to_dict(),
+        mask_decoder_config=image_config.mask_decoder_config.to_dict(),
+        image_size=int(image_config.prompt_encoder_config.image_size),
+        memory_attention_hidden_size=hidden,
+        memory_encoder_hidden_size=hidden,
+        mask_downsampler_embed_dim=hidden,
+        memory_fuser_embed_dim=hidden,
+        memory_attention_rope_feat_sizes=list(vision.backbone_feature_sizes[-1]),
+    )
+
+
+class Sam2Video:
+    """A loaded SAM 2 video model plus its run settings; :meth:`new_session` starts a streaming session."""
+
+    def __init__(self, model: Any, model_id: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.model = model.eval()
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        model_id: str = "sam2_video:random",
+        device: str = "cpu",
+        dtype: str | torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> Sam2Video:
+        """A randomly initialised model (tests, benchmarks)."""
+        from transformers import Sam2VideoModel
+
+        torch.manual_seed(seed)
+        dt = resolve_dtype(dtype)
+        model: Any = Sam2VideoModel(config)
+        return cls(model.to(device=device, dtype=dt), model_id, device, dt)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None
+    ) -> Sam2Video:
+        """Load from a transformers-format directory (``sam2_video``, or image-only ``sam2`` whose config is
+        converted) or a hub id (through :func:`model.loading.load_pretrained`: cache first, fast failure offline).
+
+        ``device``/``dtype`` default as in :mod:`model.device` (cuda if present; bf16 on CUDA, float32 elsewhere);
+        the weights are cast to ``dtype``.
+        """
+        from transformers import AutoConfig, Sam2VideoModel
+
+        from model.device import resolve_dtype as default_dtype
+        from model.device import select_device
+        from model.errors import ModelNotAvailableError
+        from model.loading import load_pretrained, sha256_of_files
+
+        dev = select_device(device)
+        dt = default_dtype(dtype, dev)
+        source = Path(str(path)).expanduser()
+        if source.suffix in {".pt", ".pth"}:
+            raise ModelNotAvailableError(
+                f"{source.name}: Meta .pt checkpoints are not supported for video; convert it to transformers format"
+            )
+        if not source.is_dir():
+            loaded = load_pretrained(Sam2VideoModel, str(path))
+            return cls(loaded.model.to(device=dev, dtype=dt), f"sam2_video:{loaded.model_version}", str(dev), dt)
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+        if config.model_type == "sam2":
+            logger.warning("%s is an image-only SAM 2 checkpoint: the video memory modules are untrained", source)
+            config = video_config_from_image_config(config)
+        elif config.model_type != "sam2_video":
+            raise ValueError(f"expected a sam2 or sam2_video checkpoint at {source}, got {config.model_type!r}")
+        model: Any = Sam2VideoModel.from_pretrained(source, config=config, local_files_only=True)
+        weights = [p for p in source.iterdir() if p.suffix in (".safetensors", ".bin")]
+        sha = sha256_of_files(weights)[:8]
+        return cls(model.to(device=dev, dtype=dt), f"sam2_video:{source.name}@{sha}", str(dev), dt)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.image_size)
+
+    def new_session(self, height: int, width: int, prune: bool = True, offload_state: bool = False) -> Sam2VideoSession:
+        return Sam2VideoSession(self, height, width, prune=prune, offload_state=offload_state)
+
+
+class Sam2VideoSession:
+    """Streaming session: :meth:`step` adds the next frame and tracks all objects; :meth:`prompt` adds (or
+    re-prompts) objects with masks on the current frame. Frame indices here are consecutive session indices.
+
+    ``prune`` keeps memory flat (results are identical); ``offload_state`` keeps the memory bank on the CPU (saves
+    accelerator memory with many objects, costs a transfer per frame). Frames are always stored on the CPU."""
+
+    def __init__(
+        self, video: Sam2Video, height: int, width: int, prune: bool = True, offload_state: bool = False
+    ) -> None:
+        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+        if height <= 0 or width <= 0:
+            raise ValueError(f"Sam2VideoSession size must be positive, got {height}x{width}")
+        self.video = video
+        self.model = video.model
+        self.height, self.width = height, width
+        self.prune_enabled = prune
+        self.frame_idx = -1
+        self.session = Sam2VideoInferenceSession(
+            video_height=height,
+            video_width=width,
+            inference_device=video.device,
+            inference_state_device="cpu" if offload_state else video.device,
+            video_storage_device="cpu",
+            dtype=video.dtype,
+        )
+        config = self.model.config
+        self.history = max(int(config.num_maskmem), int(config.max_object_pointers_in_encoder)) - 1
+        self._mean = torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(_IMAGENET_STD).view(3, 1, 1)
+
+    # -- public -------------------------------------------------------------------------------------------------
+    @property
+    def object_ids(self) -> list[int]:
+        return list(self.session.obj_ids)
+
+    def step(self, rgb: np.ndarray) -> dict[int, ObjectFrame]:
+        """Add the next frame and track every known object on it."""
+        if rgb.shape != (self.height, self.width, 3):
+            raise ValueError(f"frame must be ({self.height}, {self.width}, 3), got {rgb.shape}")
+        self.frame_idx += 1
+        self.session.add_new_frame(self._preprocess(rgb), self.frame_idx)
+        if self.prune_enabled:
+            self._prune()
+        objs = list(range(self.session.get_obj_num()))
+        return self._run(objs, masks=None)
+
+    def prompt(self, masks: dict[int, np.ndarray]) -> dict[int, ObjectFrame]:
+        """Prompt objects (new ids or existing ones) with (H, W) masks on the current frame."""
+        if self.frame_idx < 0:
+            raise ValueError("Sam2VideoSession.prompt needs a frame first; call step() with the first frame")
+        if not masks:
+            return {}
+        objs = []
+        inputs = {}
+        for obj_id, mask in masks.items():
+            if mask.shape != (self.height, self.width):
+                raise ValueError(
+                    f"prompt mask for object {obj_id} must be ({self.height}, {self.width}), got {mask.shape}"
+                )
+            obj_idx = self.session.obj_id_to_idx(int(obj_id))
+            objs.append(obj_idx)
+            inputs[obj_idx] = self._mask_input(mask)
+        return self._run(objs, masks=inputs)
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        size = self.video.image_size
+        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        return (x - self._mean) / self._std
+
+    def _mask_input(self, mask: np.ndarray) -> torch.Tensor:
+        size = self.video.image_size
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        if m.shape[-2:] != (size, size):
+            m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            m = (m >= 0.5).float()
+        return m
+
+    @torch.inference_mode()
+    def _run(self, objs: list[int], masks: dict[int, torch.Tensor] | None) -> dict[int, ObjectFrame]:
+        session, model, t = self.session, self.model, self.frame_idx
+        results: dict[int, ObjectFrame] = {}
+        high_res, score_logits = [], []
+        for obj_idx in objs:
+            mask_in = None if masks is None else masks[obj_idx].to(self.video.device, dtype=self.video.dtype)
+            out, iou = self._infer(obj_idx, t, mask_in)
+            cond = mask_in is not None
+            per_obj = session.output_dict_per_obj[obj_idx]
+            if cond:
+                per_obj["non_cond_frame_outputs"].pop(t, None)
+                session.frames_tracked_per_obj[obj_idx].pop(t, None)
+            else:
+                session.frames_tracked_per_obj[obj_idx][t] = {"reverse": False}
+            session.store_output(obj_idx, t, output_value=out, is_conditioning_frame=cond)
+            high_res.append(out["high_res_masks"])
+            score_logits.append(out["object_score_logits"])
+            results[session.obj_idx_to_id(obj_idx)] = self._to_object_frame(out, iou)
+        if objs and model.num_maskmem > 0:
+            model._batch_encode_memories(
+                inference_session=session,
+                frame_idx=t,
+                objects_needing_memory_encoding=objs,
+                high_res_masks_for_memory=high_res,
+                object_score_logits_for_memory=score_logits,
+                is_mask_from_pts_per_obj=[masks is not None] * len(objs),
+            )
+        if self.prune_enabled:
+            for obj_idx in objs:  # high-res logits are only needed for the memory encoding just done
+                for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+                    stored = session.output_dict_per_obj[obj_idx][key].get(t)
+                    if stored is not None:
+                        stored.pop("high_res_masks", None)
+        return results
+
+    def _infer(self, obj_idx: int, t: int, mask_in: torch.Tensor | None) -> tuple[dict[str, Any], float]:
+        """One object on frame ``t`` (mirrors ``Sam2VideoModel._run_single_frame_inference``, plus the IoU)."""
+        model, session = self.model, self.session
+        feats, pos = model._prepare_vision_features(session, t, 1)
+        high_res_features = [
+            x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
+            for x, s in zip(feats[:-1], model.backbone_feature_sizes[:-1], strict=True)
+        ]
+        if mask_in is not None:
+            pix = feats[-1].permute(1, 2, 0).view(-1, model.hidden_dim, *model.backbone_feature_sizes[-1])
+            sam = model._use_mask_as_output(pix, high_res_features, mask_in)
+            iou = 1.0
+        else:
+            is_init = not session.output_dict_per_obj[obj_idx]["cond_frame_outputs"]
+            pix = model._prepare_memory_conditioned_features(
+                inference_session=session,
+                frame_idx=t,
+                obj_idx=obj_idx,
+                is_initial_conditioning_frame=is_init,
+                current_vision_features=feats[-1],
+                current_vision_positional_embeddings=pos[-1],
+                num_total_frames=session.num_frames,
+                track_in_reverse_time=False,
+                streaming=True,
+            )
+            multimask = model._use_multimask(is_init, None)
+            sam = model._single_frame_forward(
+                pixel_values=None,
+                input_points=None,
+                input_labels=None,
+                input_masks=None,
+                image_embeddings=high_res_features + [pix],
+                multimask_output=multimask,
+            )
+            scores = sam.iou_scores.float()
+            iou = float(scores.max(dim=-1).values.flatten()[0] if multimask else scores[..., 0].flatten()[0])
+        out = {
+            "pred_masks": sam.pred_masks,
+            "object_pointer": sam.object_pointer,
+            "high_res_masks": sam.high_res_masks,
+            "object_score_logits": sam.object_score_logits,
+        }
+        return out, iou
+
+    def _to_object_frame(self, out: dict[str, Any], iou: float) -> ObjectFrame:
+        size = self.video.image_size
+        logits = out["pred_masks"].float().cpu()
+        logits = logits.reshape(1, 1, *logits.shape[-2:])
+        if logits.shape[-2:] != (size, size):
+            logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        presence = float(torch.sigmoid(out["object_score_logits"].float()).flatten()[0])
+        return ObjectFrame(mask=(logits[0, 0] > 0).numpy(), score=iou, presence=presence)
+
+    def _prune(self) -> None:
+        """Drop what the memory bank of frame ``frame_idx`` and later can no longer read."""
+        session, t = self.session, self.frame_idx
+        frames = session.processed_frames or {}
+        for old in [f for f in frames if f < t]:
+            del frames[old]
+        oldest_needed = t - self.history
+        for obj_idx, per_obj in session.output_dict_per_obj.items():
+            non_cond = per_obj["non_cond_frame_outputs"]
+            for old in [f for f in non_cond if f < oldest_needed]:
+                del non_cond[old]
+            for f, stored in per_obj["cond_frame_outputs"].items():
+                if f < t:
+                    stored.pop("pred_masks", None)  # only read when the same frame is re-run
+            tracked = session.frames_tracked_per_obj[obj_idx]
+            for old in [f for f in tracked if f < t]:
+                del tracked[old]
+            session.mask_inputs_per_obj[obj_idx].clear()
+            session.point_inputs_per_obj[obj_idx].clear()

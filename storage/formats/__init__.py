@@ -1,0 +1,1 @@
+"""Pure converters from maskloop results to external annotation formats (no I/O)."""
