@@ -87,7 +87,9 @@ class _ProgressBar(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         done, total = getattr(record, "done", 0), max(1, getattr(record, "total", 1))
         filled = int(30 * done / total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] batch {done}/{total} ({getattr(record, 'assets', '?')} assets)")
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (30 - filled)}] batch {done}/{total} ({getattr(record, 'assets', '?')} assets)"
+        )
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -144,10 +146,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     f"{run.id:>5} {run.flow_name:<10} {run.status:<10} {run.started_at:%Y-%m-%d %H:%M:%S} {run.model_id or '-'} {run.counts}"
                 )
             return 0
-        run = session.get(Run, args.run_id)
-        if run is None:
+        found = session.get(Run, args.run_id)
+        if found is None:
             print(f"no run {args.run_id}", file=sys.stderr)
             return 1
+        run = found
         print(f"run {run.id} ({run.flow_name}, flow run {run.flow_run_id}): {run.status}")
         print(f"  started {run.started_at}, finished {run.finished_at}")
         print(f"  model {run.model_id} sha256 {run.checkpoint_sha256}")

@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from storage.catalog import Catalog
 from storage.catalog.assets import pending_asset_ids
+from storage.labelstudio.importer import model_version_string
 from storage.s3 import parse_s3_uri
 from storage.settings import Settings
 from tasks import prelabel_ops as ops
@@ -30,7 +31,7 @@ from tasks.prelabel import fetch_batch, import_batch, segment_batch
 progress_log = logging.getLogger("maskloop.progress")
 
 
-@flow(name="prelabel", task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="prelabel", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
 def prelabel_flow(
     source: str,
     classes: list[str] | None = None,
@@ -69,12 +70,13 @@ def prelabel_flow(
     run_id = ops.start_run(catalog, "prelabel", _jsonable(params), flow_run_id)
     started = time.perf_counter()
     counts = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0}
-    status = "failed"
-    models = Models.load(settings, params.model_id, params.strategy)  # once per process; fail before any work
-    from storage.labelstudio.importer import model_version_string
-
-    model_version = model_version_string(models.segmenter.model_id, models.segmenter.checkpoint_sha256, params.strategy)
+    status, model_version = "failed", ""
+    lineage: tuple[str | None, str | None] = (None, None)
     try:
+        models = Models.load(settings, params.model_id, params.strategy)  # once per process; fails before any work
+        model_id, checkpoint_sha = str(models.segmenter.model_id), str(models.segmenter.checkpoint_sha256)
+        lineage = (model_id, checkpoint_sha)
+        model_version = model_version_string(model_id, checkpoint_sha, params.strategy)
         discover_assets(settings, source)
         bucket, prefix = parse_s3_uri(source)
         with catalog.session() as session:
@@ -99,19 +101,20 @@ def prelabel_flow(
             counts["skipped"] += len(seg.skipped)
             ready = sorted([*seg.ok, *seg.skipped])
             imports.append(
-                import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])
+                import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])  # type: ignore[call-overload]
             )
-            update_progress_artifact(progress, 100.0 * (k + 1) / len(batches))
-            progress_log.info("batch %d/%d", k + 1, len(batches), extra={"done": k + 1, "total": len(batches), "assets": len(todo)})
+            update_progress_artifact(progress, 100.0 * (k + 1) / len(batches))  # type: ignore[arg-type]
+            progress_log.info(
+                "batch %d/%d", k + 1, len(batches), extra={"done": k + 1, "total": len(batches), "assets": len(todo)}
+            )
         for future in imports:
             counts["done"] += len(future.result().ok)
         status = "completed"
     finally:
         elapsed = time.perf_counter() - started
         timings = {"seconds": round(elapsed, 3), "assets_per_s": round(counts["done"] / elapsed, 3) if elapsed else 0.0}
-        ops.finish_run(
-            catalog, run_id, status, counts, timings, models.segmenter.model_id, models.segmenter.checkpoint_sha256
-        )
+        ops.finish_run(catalog, run_id, status, counts, timings, *lineage)
+        catalog.dispose()
     create_table_artifact(
         [{"run": run_id, **counts, **timings, "model_version": model_version}],
         key="prelabel-summary",

@@ -15,11 +15,8 @@ from storage.settings import Settings
 def discover_assets(settings: Settings, source: str) -> DiscoveryReport:
     """List ``source`` (``s3://bucket/prefix``) and insert new asset revisions; returns the report (ids only)."""
     bucket, prefix = parse_s3_uri(source)
-    catalog = Catalog(settings.resolved_database_url)
-    try:
+    with Catalog(settings.resolved_database_url) as catalog:
         report = discover(catalog, list_objects(make_client(settings), bucket, prefix))
-    finally:
-        catalog.dispose()
     get_run_logger().info(
         "%s: listed %d media objects, %d new (%d new revisions), %d unchanged",
         source,

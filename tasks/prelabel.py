@@ -17,6 +17,7 @@ from storage.settings import Settings
 from tasks import prelabel_ops as ops
 from tasks.models import Models
 
+
 def is_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     """Retry I/O failures that may pass (connection errors, 5xx, 429); not bad input or 4xx answers."""
     from botocore.exceptions import ClientError
@@ -50,7 +51,8 @@ def _timed(fn: Any, *args: Any) -> ops.StageReport:
 
 @task(name="fetch-batch", **_IO_RETRIES)
 def fetch_batch(settings: Settings, catalog_url: str, run_id: int, asset_ids: list[int]) -> ops.StageReport:
-    report = _timed(ops.fetch, settings, Catalog(catalog_url, migrate=False), run_id, asset_ids)
+    with Catalog(catalog_url, migrate=False) as catalog:
+        report = _timed(ops.fetch, settings, catalog, run_id, asset_ids)
     get_run_logger().info("fetched %d assets (%d failed) in %.2fs", len(report.ok), len(report.failed), report.seconds)
     return report
 
@@ -65,9 +67,8 @@ def segment_batch(
     model_version: str,
 ) -> ops.StageReport:
     models = Models.load(settings, params.model_id, params.strategy)
-    report = _timed(
-        ops.segment, settings, Catalog(catalog_url, migrate=False), run_id, asset_ids, params, model_version, models
-    )
+    with Catalog(catalog_url, migrate=False) as catalog:
+        report = _timed(ops.segment, settings, catalog, run_id, asset_ids, params, model_version, models)
     get_run_logger().info(
         "segmented %d assets -> %d instances (%d failed, %d already done) in %.2fs",
         len(report.ok),
@@ -88,15 +89,8 @@ def import_batch(
     params: ops.PrelabelParams,
     model_version: str,
 ) -> ops.StageReport:
-    report = _timed(
-        ops.import_to_label_studio,
-        settings,
-        Catalog(catalog_url, migrate=False),
-        run_id,
-        asset_ids,
-        params,
-        model_version,
-    )
+    with Catalog(catalog_url, migrate=False) as catalog:
+        report = _timed(ops.import_to_label_studio, settings, catalog, run_id, asset_ids, params, model_version)
     get_run_logger().info(
         "imported %d assets into Label Studio (%d new tasks) in %.2fs", len(report.ok), report.instances, report.seconds
     )

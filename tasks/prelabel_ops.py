@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +52,9 @@ class PrelabelParams:
         if self.strategy == "text" and not self.classes:
             raise ValueError("strategy 'text' needs at least one class name")
         if not self.project or len(self.project) > MAX_PROJECT_NAME:
-            raise ValueError(f"project must be 1..{MAX_PROJECT_NAME} characters (Label Studio titles are <= 50 with ' (images)'), got {self.project!r}")
+            raise ValueError(
+                f"project must be 1..{MAX_PROJECT_NAME} characters (Label Studio titles are <= 50 with ' (images)'), got {self.project!r}"
+            )
         if not 1 <= self.batch_size <= 1024:
             raise ValueError(f"batch_size must be in 1..1024, got {self.batch_size}")
 
@@ -184,10 +186,10 @@ def _sha256_file(path: Path) -> str:
 
 
 # -- segment --------------------------------------------------------------------------------------------------------
-def task_score(scores: Sequence[float]) -> float:
+def task_score(scores: Iterable[float] | None) -> float:
     """Uncertainty for review order (Label Studio serves low first): the weakest instance's predicted IoU; an image
     with no instance at all scores 0 (someone should look)."""
-    finite = [float(s) for s in scores if not math.isnan(float(s))]
+    finite = [float(s) for s in (scores if scores is not None else []) if not math.isnan(float(s))]
     return min(finite) if finite else 0.0
 
 

@@ -25,6 +25,7 @@ from model.finetune.modelio import (
     load_model,
     save_checkpoint,
     to_pixel_values,
+    write_card,
 )
 from model.finetune.prompts import corrective_click, jitter_box, mask_box, random_point
 
@@ -129,6 +130,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             evaluate(lr)
     if not history or history[-1]["step"] != step:
         evaluate(lr)
+    if best:  # the card of the best checkpoint shows the whole run's curve
+        write_card(config.best_path, _card(config, best, size), history)
     return FinetuneResult(
         out_dir=config.out_dir,
         best_dir=config.best_path,

@@ -100,6 +100,11 @@ def save_checkpoint(model: torch.nn.Module, path: Path, card: dict[str, Any], cu
     """``save_pretrained`` (safetensors) plus ``training.json`` and a README.md model card."""
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
+    write_card(path, card, curve)
+
+
+def write_card(path: Path, card: dict[str, Any], curve: list[dict[str, float]]) -> None:
+    """(Re)write ``training.json`` and README.md next to a saved checkpoint (e.g. with the full curve at the end)."""
     (path / "training.json").write_text(json.dumps({"card": card, "curve": curve}, indent=1, default=str))
     (path / "README.md").write_text(model_card(card, curve))
 

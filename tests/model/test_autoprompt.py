@@ -341,3 +341,14 @@ def test_auto_segment_of_no_images_is_an_empty_list(seg: Segmenter) -> None:
     assert auto_segment(seg, [], "everything") == []
     with pytest.raises(ValueError, match="images must be a list"):
         auto_segment(seg, np.zeros((4, 4, 3), np.uint8), "everything")  # type: ignore[arg-type]
+
+
+def test_get_detector_loads_once_per_key(tmp_path: Path) -> None:
+    from model.cache import clear_cache, get_detector
+
+    path = save_tiny_grounding_dino(tmp_path / "gd")
+    clear_cache()
+    try:
+        assert get_detector(str(path), device="cpu") is get_detector(str(path), device="cpu")
+    finally:
+        clear_cache()

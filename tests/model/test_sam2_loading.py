@@ -314,3 +314,11 @@ def test_importing_model_modules_loads_neither_torch_nor_transformers() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_compile_flag_wraps_only_the_image_encoder() -> None:
+    plain = Segmenter(build_tiny_sam2(), device="cpu")
+    compiled = Segmenter(build_tiny_sam2(), device="cpu", compile_encoder=True)  # compilation itself is lazy
+    assert not isinstance(plain.model.vision_encoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.model.vision_encoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(compiled.model.mask_decoder, torch._dynamo.eval_frame.OptimizedModule)

@@ -18,6 +18,10 @@ from model.synthetic import SyntheticDomain
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights" / "shapes-tiny"
 HELD_OUT_SEEDS = range(2_000_000_000, 2_000_000_006)
+BOX_FLOOR = 0.0
+POINT_FLOOR = 0.0
+EVERYTHING_FLOOR = 0.0
+EVERYTHING_PARAMS = {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
 
 
 @pytest.fixture(scope="module")

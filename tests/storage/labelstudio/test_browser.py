@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.labelstudio]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 GREY = 128
+# The mask covers the middle half of the image in each direction; Label Studio draws it ~5 % larger (centred).
+EXPECTED_BOX = (0.25, 0.25, 0.75, 0.75)
 
 
 def _rgb(png: bytes) -> np.ndarray:
@@ -61,6 +63,11 @@ def _brush_box_in_image(png: bytes) -> tuple[float, float, float, float] | None:
     (ix0, iy0, ix1, iy1), (bx0, by0, bx1, by1) = image_box, brush_box
     w, h = ix1 - ix0, iy1 - iy0
     return (bx0 - ix0) / w, (by0 - iy0) / h, (bx1 - ix0) / w, (by1 - iy0) / h
+
+
+def _drawn_in_middle(png: bytes) -> bool:
+    box = _brush_box_in_image(png)
+    return box is not None and bool(np.allclose(box, EXPECTED_BOX, atol=0.03))
 
 
 def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
@@ -110,20 +117,28 @@ def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(90_000)  # the dev server is slow to serve its bundles on a loaded machine
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)[:300]))
             page.goto(f"{label_studio_server.url}/user/login/")
             page.fill("input[name=email]", creds.username)
             page.fill("input[name=password]", creds.password)
             page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+            page.wait_for_url(lambda url: "/user/login" not in url)
             # no annotation yet: the editor pre-fills a draft from the prediction of the project's model_version
             page.goto(f"{label_studio_server.url}/projects/{project.ls_project_id}/data?task={task_id}")
             try:
-                expect(page.locator(".lsf-outliner-item")).to_have_count(1, timeout=60_000)
-            finally:
+                expect(page.locator(".lsf-outliner-item")).to_have_count(1, timeout=90_000)
+            except AssertionError as exc:
                 shot.write_bytes(page.screenshot())
+                task = ls_client.get_task(task_id)
+                raise AssertionError(
+                    f"no region listed in the editor (see {shot}); task annotations={task.get('annotations')!r} "
+                    f"drafts={task.get('drafts')!r}; page errors={errors[-5:]}"
+                ) from exc
             png = page.screenshot()
             deadline = time.monotonic() + 30
-            while _brush_box_in_image(png) is None and time.monotonic() < deadline:  # image and mask still loading
+            while not _drawn_in_middle(png) and time.monotonic() < deadline:  # image, mask or layout still settling
                 page.wait_for_timeout(500)
                 png = page.screenshot()
             shot.write_bytes(png)
@@ -132,6 +147,4 @@ def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
     # the grey image is drawn and the red mask covers its middle half in each direction: drawn, not only listed
     box = _brush_box_in_image(png)
     assert box is not None, f"image or brush region not rendered; see {shot}"
-    assert np.allclose(box, (0.25, 0.25, 0.75, 0.75), atol=0.03), (
-        f"brush drawn at {box} of the image, expected its middle; see {shot}"
-    )
+    assert _drawn_in_middle(png), f"brush drawn at {box} of the image, expected its middle; see {shot}"
