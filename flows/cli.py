@@ -171,6 +171,95 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_harvest(args: argparse.Namespace) -> int:
+    from flows.harvest import harvest_flow
+
+    result = harvest_flow(
+        args.project,
+        create_version=args.create_version,
+        dest=args.dest,
+        dataset=args.dataset,
+        tag=args.tag,
+        polygons=args.polygons,
+        full=args.full,
+        settings=_stack_settings(args),
+    )
+    h = result["harvest"]
+    print(
+        f"run {result['run_id']}: {h['tasks_seen']} tasks seen, {h['created']} new and {h['updated']} changed annotations, "
+        f"{h['skipped']} skipped, {len(h['invalid'])} invalid, {h['agreement_rows']} agreement rows"
+    )
+    for ann_id, reason in h["invalid"].items():
+        print(f"  invalid annotation {ann_id}: {reason}")
+    if "version" in result:
+        v = result["version"]
+        print(f"dataset {v['dataset']} v{v['number']} (id {v['version_id']}, {'new' if v['created'] else 'unchanged'})")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from storage.catalog import Catalog
+    from storage.s3 import make_client
+    from storage.versions import describe, diff_versions, export_version, get_version, list_versions, write_preview
+
+    settings = _stack_settings(args)
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        if args.action == "create":
+            from storage.harvest import find_project
+            from storage.labelstudio.client import LabelStudioClient
+            from storage.versions import create_version
+
+            if not args.project or not args.dest:
+                raise SystemExit("maskloop versions create: --project and --dest s3://bucket/prefix are required")
+            token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
+            with LabelStudioClient(settings.label_studio_url, token or "-") as client:
+                row = find_project(catalog, client, args.project)
+            made = create_version(catalog, make_client(settings), row, args.dest, dataset=args.dataset, tag=args.tag, polygons=args.polygons)
+            print("\n".join(describe(made.version)))
+            print("created" if made.created else "unchanged: the same data is already this version")
+            for key, reason in made.skipped.items():
+                print(f"  left out {key}: {reason}")
+        elif args.action == "list":
+            for v in list_versions(catalog, args.dataset):
+                c = v.counts
+                print(
+                    f"{v.id:>5} {v.dataset} v{v.number:<4} {v.tag or '-':<12} {v.created_at:%Y-%m-%d %H:%M:%S} "
+                    f"images {c.get('images', 0)} videos {c.get('videos', 0)} instances {c.get('instances', 0)} {v.manifest_hash[:12]}"
+                )
+        elif args.action == "show":
+            print("\n".join(describe(get_version(catalog, _one_id(args)))))
+            if args.preview:
+                print(f"preview: {write_preview(catalog, make_client(settings), _one_id(args), Path(args.preview))}")
+        elif args.action == "diff":
+            if len(args.ids) != 2:
+                raise SystemExit("maskloop versions diff: expects two version ids A B")
+            diff = diff_versions(catalog, args.ids[0], args.ids[1])
+            for name in ("added", "removed", "changed"):
+                items = getattr(diff, name)
+                print(f"{name}: {len(items)}")
+                for key in items:
+                    print(f"  {key}")
+            print("per-class deltas: " + (", ".join(f"{c} {d:+d}" for c, d in diff.class_deltas.items()) or "none"))
+        elif args.action == "export":
+            if not args.out:
+                raise SystemExit("maskloop versions export: --out DIR is required")
+            path = export_version(catalog, make_client(settings), _one_id(args), Path(args.out), fmt=args.format, images=args.images)
+            print(f"wrote {path}")
+    except LookupError as error:
+        print(f"maskloop versions {args.action}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        catalog.dispose()
+    return 0
+
+
+def _one_id(args: argparse.Namespace) -> int:
+    if len(args.ids) != 1:
+        raise SystemExit(f"maskloop versions {args.action}: expects one version id")
+    return int(args.ids[0])
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -222,6 +311,30 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("run_id", type=int, nargs="?")
     runs.add_argument("--last", type=int, default=20)
     runs.set_defaults(func=cmd_runs)
+
+    har = sub.add_parser("harvest", help="pull corrections from a Label Studio project into the catalog")
+    har.add_argument("project", help="catalog project name, e.g. 'maskloop (images)'")
+    har.add_argument("--create-version", action="store_true", help="then freeze a dataset version")
+    har.add_argument("--dest", help="s3://bucket/prefix for the version's COCO export and manifest")
+    har.add_argument("--dataset", help="dataset name (default: the project name)")
+    har.add_argument("--tag")
+    har.add_argument("--polygons", action="store_true", help="COCO polygons instead of RLE")
+    har.add_argument("--full", action="store_true", help="ignore the incremental cursor")
+    har.set_defaults(func=cmd_harvest)
+
+    ver = sub.add_parser("versions", help="immutable dataset versions: create, list, show, diff, export")
+    ver.add_argument("action", choices=["create", "list", "show", "diff", "export"])
+    ver.add_argument("ids", type=int, nargs="*", help="version id (show, export) or two (diff)")
+    ver.add_argument("--project", help="create: catalog project name")
+    ver.add_argument("--dest", help="create: s3://bucket/prefix for the COCO export and manifest")
+    ver.add_argument("--dataset", help="dataset name (create: default the project name; list: filter)")
+    ver.add_argument("--tag")
+    ver.add_argument("--polygons", action="store_true")
+    ver.add_argument("--preview", help="show: write a contact sheet PNG here")
+    ver.add_argument("--format", default="coco", choices=["coco"])
+    ver.add_argument("--out", help="export: output directory")
+    ver.add_argument("--images", action="store_true", help="export: also download the images")
+    ver.set_defaults(func=cmd_versions)
 
     demo = sub.add_parser("demo", help="run the whole job on the embedded defaults")
     demo.add_argument("--stop-after", action="store_true", help="stop the stack when done")

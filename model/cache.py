@@ -81,6 +81,6 @@ def get_video_model(model_id: str | os.PathLike[str], device: str = "cpu") -> An
     with _LOCK:
         video = _VIDEO_MODELS.get(key)
         if video is None:
-            video = Sam2Video.from_pretrained(model_id, device=str(device))
+            video = Sam2Video.from_pretrained(os.fspath(model_id), device=str(device))
             _VIDEO_MODELS[key] = video
         return video

@@ -100,11 +100,9 @@ class Instances:
             from model.masks import masks_to_boxes
 
             self.boxes = masks_to_boxes(masks)
-        boxes = (
-            np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-            if np.size(self.boxes)
-            else np.zeros((0, 4), np.float32)
-        )
+        boxes = np.asarray(self.boxes, dtype=np.float32)
+        if boxes.size == 0:
+            boxes = np.zeros((0, 4), np.float32)
         if boxes.shape != (n, 4):
             raise ValueError(f"Instances.boxes must have shape ({n}, 4) xyxy, got {boxes.shape}")
         if n and not np.all(np.isfinite(boxes)):

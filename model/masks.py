@@ -75,8 +75,8 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     n = masks.shape[0]
     if n == 0:
         return np.zeros((0, 4), np.float32)
-    rows = masks.any(axis=2)  # (N, H)
-    cols = masks.any(axis=1)  # (N, W)
+    rows = np.asarray(masks.any(axis=2))  # (N, H); asarray: numpy's stubs also allow a 0-d bool here
+    cols = np.asarray(masks.any(axis=1))  # (N, W)
     nonempty = rows.any(axis=1)
     h, w = masks.shape[1:]
     y1 = np.argmax(rows, axis=1)

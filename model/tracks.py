@@ -115,6 +115,13 @@ def tracks_to_json(video: VideoTracks) -> dict[str, Any]:
     }
 
 
+def _box4(values: Sequence[Any]) -> tuple[float, float, float, float]:
+    box = tuple(float(v) for v in values)
+    if len(box) != 4:
+        raise ValueError(f"TrackFrame.box must be xyxy with x2 >= x1, y2 >= y1, got {box}")
+    return box
+
+
 def tracks_from_json(data: Mapping[str, Any]) -> VideoTracks:
     """Inverse of :func:`tracks_to_json`."""
     return VideoTracks(
@@ -136,10 +143,10 @@ def tracks_from_json(data: Mapping[str, Any]) -> VideoTracks:
                         int(f["i"]),
                         float(f["t"]),
                         dict(f["rle"]),
-                        tuple(float(v) for v in f["box"]),
+                        _box4(f["box"]),
                         float(f["score"]),
                         float(f["presence"]),
-                    )  # type: ignore[arg-type]
+                    )
                     for f in t["frames"]
                 ],
             )

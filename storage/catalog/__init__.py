@@ -2,6 +2,7 @@
 
 from storage.catalog.db import Catalog, make_engine, upgrade
 from storage.catalog.models import (
+    AgreementRow,
     Annotation,
     Asset,
     Base,
@@ -15,6 +16,7 @@ from storage.catalog.models import (
 )
 
 __all__ = [
+    "AgreementRow",
     "Annotation",
     "Asset",
     "Base",

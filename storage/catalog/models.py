@@ -118,6 +118,7 @@ class LabelStudioProject(Base):
     classes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     label_config: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    harvested_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # incremental harvest cursor
 
 
 class LabelStudioTask(Base):
@@ -149,12 +150,39 @@ class Annotation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ls_task_row_id: Mapped[int] = mapped_column(ForeignKey("label_studio_tasks.id", ondelete="CASCADE"), index=True)
     ls_annotation_id: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # accepted | skipped | cancelled
+    status: Mapped[str] = mapped_column(String(16))  # accepted | skipped (LS skip/cancel) | invalid (see skip_reason)
+    skip_reason: Mapped[str | None] = mapped_column(Text)
     result: Mapped[list[Any]] = mapped_column(JSON, default=list)  # raw LS result
     instances: Mapped[list[Any]] = mapped_column(JSON, default=list)
     content_hash: Mapped[str] = mapped_column(String(64))
     ls_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     harvested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AgreementRow(Base):
+    """How one predicted instance fared against the final human instances of one annotation (or one human-added
+    instance): outcome ``accepted`` (IoU >= 0.9, same label), ``modified`` (matched, reshaped), ``relabelled``,
+    ``deleted`` (prediction without a match) or ``added`` (human instance without a match)."""
+
+    __tablename__ = "agreement_rows"
+    __table_args__ = (Index("ix_agreement_rows_group", "model_version", "prompt_strategy", "label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", ondelete="CASCADE"), index=True)
+    prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id", ondelete="SET NULL"))
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    frame_index: Mapped[int] = mapped_column(Integer, default=-1)
+    model_version: Mapped[str] = mapped_column(String(255))
+    prompt_strategy: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(255))  # the human label, else the predicted one
+    pred_index: Mapped[int | None] = mapped_column(Integer)
+    human_index: Mapped[int | None] = mapped_column(Integer)
+    pred_label: Mapped[str | None] = mapped_column(String(255))
+    human_label: Mapped[str | None] = mapped_column(String(255))
+    iou: Mapped[float] = mapped_column(Float)
+    boundary_f: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class DatasetVersion(Base):

@@ -1,0 +1,561 @@
+"""Immutable, content-addressed dataset versions of harvested annotations.
+
+A version freezes a Label Studio project's current accepted annotations: its manifest hash is the sha256 of the
+canonical sorted ``[asset sha256, annotation hash]`` list, so creating a version from unchanged data returns the
+existing one. The COCO export and the manifest JSON go to S3 under content-addressed keys *before* the version row
+is committed (one transaction with its items); if the row is never committed they are deleted again
+(:func:`gc_orphans` sweeps what a crash left). Version rows are never updated; the unique (dataset, number)
+constraint makes concurrent creation safe: the loser retries with the next number, or returns the winner's
+version when it froze the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from storage.agreement import summarize
+from storage.catalog import (
+    AgreementRow,
+    Annotation,
+    Asset,
+    Catalog,
+    DatasetVersion,
+    DatasetVersionItem,
+    LabelStudioProject,
+    LabelStudioTask,
+)
+from storage.formats.coco import CocoSource, build_coco, validate_coco
+
+logger = logging.getLogger(__name__)
+
+MAX_NUMBER_RETRIES = 20
+
+
+class VersionNotFoundError(LookupError):
+    def __init__(self, ref: object) -> None:
+        super().__init__(f"dataset version {ref!r} does not exist")
+
+
+# -- pure parts --------------------------------------------------------------------------------------------------
+def manifest_hash(pairs: Iterable[tuple[str, str]]) -> str:
+    """sha256 of the canonical (sorted, compact JSON) list of ``[asset sha256, annotation hash]`` pairs."""
+    canon = sorted([str(a), str(b)] for a, b in pairs)
+    for a, b in canon:
+        if not a or not b:
+            raise ValueError(f"manifest entries need an asset sha256 and an annotation hash, got {[a, b]}")
+    return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    class_deltas: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.class_deltas)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "class_deltas": self.class_deltas,
+        }
+
+
+def diff_items(
+    a: Mapping[str, str], b: Mapping[str, str], classes_a: Mapping[str, int], classes_b: Mapping[str, int]
+) -> VersionDiff:
+    """Items (item key -> content hash) added, removed and changed from ``a`` to ``b``; non-zero per-class deltas."""
+    deltas = {c: int(classes_b.get(c, 0)) - int(classes_a.get(c, 0)) for c in sorted(set(classes_a) | set(classes_b))}
+    return VersionDiff(
+        added=sorted(set(b) - set(a)),
+        removed=sorted(set(a) - set(b)),
+        changed=sorted(k for k in set(a) & set(b) if a[k] != b[k]),
+        class_deltas={c: d for c, d in deltas.items() if d},
+    )
+
+
+def item_key(asset: Asset, frame_index: int) -> str:
+    return asset.uri if frame_index < 0 else f"{asset.uri}#frame={frame_index}"
+
+
+def counts_of(sources: Sequence[CocoSource]) -> dict[str, Any]:
+    per_class: Counter[str] = Counter()
+    frames = 0
+    for s in sources:
+        per_class.update(r["label"] for r in s.records)
+        if s.media_type == "video":
+            frames += len({int(b[0]) for r in s.records for b in r["boxes"]})
+    return {
+        "images": sum(1 for s in sources if s.media_type == "image"),
+        "videos": len({s.asset_id for s in sources if s.media_type == "video"}),
+        "frames": frames,
+        "instances": sum(per_class.values()),
+        "instances_per_class": dict(sorted(per_class.items())),
+    }
+
+
+# -- S3 helpers --------------------------------------------------------------------------------------------------
+def _parse_dest(dest: str) -> tuple[str, str]:
+    from storage.s3 import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(dest)
+    return bucket, prefix.strip("/")
+
+
+def _put_if_absent(s3: Any, bucket: str, key: str, body: bytes) -> bool:
+    """Write a content-addressed object unless it is there already; True when this call wrote it."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return False
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            raise
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    return True
+
+
+def _get_json(s3: Any, uri: str) -> Any:
+    from storage.s3 import parse_s3_uri
+
+    bucket, key = parse_s3_uri(uri)
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+# -- create ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateResult:
+    version: DatasetVersion
+    created: bool  # False: the same data was already frozen as ``version``
+    skipped: dict[str, str] = field(default_factory=dict)  # item key -> why it was left out
+
+
+def _current_items(
+    catalog: Catalog, project: LabelStudioProject
+) -> tuple[list[tuple[Asset, LabelStudioTask, Annotation]], dict[str, str]]:
+    """Per task the final accepted annotation (latest update wins); items whose asset has no sha256 are skipped."""
+    skipped: dict[str, str] = {}
+    with catalog.session() as session:
+        rows = session.execute(
+            select(Asset, LabelStudioTask, Annotation)
+            .join(LabelStudioTask, LabelStudioTask.asset_id == Asset.id)
+            .join(Annotation, Annotation.ls_task_row_id == LabelStudioTask.id)
+            .where(LabelStudioTask.project_id == project.id)
+            .order_by(LabelStudioTask.id, Annotation.id)
+        ).all()
+    latest: dict[int, tuple[Asset, LabelStudioTask, Annotation]] = {}
+    for asset, task, ann in rows:
+        cur = latest.get(task.id)
+        stamp = (ann.ls_updated_at or ann.harvested_at).replace(tzinfo=None), ann.id
+        if cur is None or stamp > ((cur[2].ls_updated_at or cur[2].harvested_at).replace(tzinfo=None), cur[2].id):
+            latest[task.id] = (asset, task, ann)
+    out = []
+    for asset, task, ann in latest.values():
+        key = item_key(asset, task.frame_index)
+        if ann.status != "accepted":
+            skipped[key] = ann.skip_reason or ann.status
+        elif not asset.sha256:
+            skipped[key] = f"asset {asset.uri} has no sha256 (never fetched)"
+        else:
+            out.append((asset, task, ann))
+    return out, skipped
+
+
+def create_version(
+    catalog: Catalog,
+    s3: Any,
+    project: LabelStudioProject,
+    dest: str,
+    *,
+    dataset: str | None = None,
+    tag: str | None = None,
+    polygons: bool = False,
+) -> CreateResult:
+    """Freeze ``project``'s accepted annotations as the next version of ``dataset`` (default: the project name).
+
+    ``dest`` is ``s3://bucket/prefix`` for the COCO export and manifest. Unchanged data returns the existing version.
+    """
+    dataset = dataset or project.name
+    bucket, prefix = _parse_dest(dest)
+    items, skipped = _current_items(catalog, project)
+    if not items:
+        raise ValueError(f"project {project.name!r} has no accepted annotations to freeze (skipped: {len(skipped)})")
+    pairs = [(a.sha256 or "", ann.content_hash) for a, _, ann in items]
+    digest = manifest_hash(pairs)
+    existing = find_by_manifest(catalog, dataset, digest)
+    if existing is not None:
+        return CreateResult(existing, False, skipped)
+
+    sources = [
+        CocoSource(
+            a.id,
+            item_key(a, t.frame_index),
+            int(a.width or 0),
+            int(a.height or 0),
+            t.frame_index,
+            a.media_type,
+            ann.instances,
+        )
+        for a, t, ann in items
+    ]
+    coco = build_coco(
+        sources, list(project.classes), polygons=polygons, info={"dataset": dataset, "manifest_hash": digest}
+    )
+    validate_coco(coco)
+    counts = counts_of(sources)
+    ann_ids = [ann.id for _, _, ann in items]
+    with catalog.session() as session:
+        agreement_rows = session.execute(
+            select(
+                AgreementRow.model_version,
+                AgreementRow.prompt_strategy,
+                AgreementRow.label,
+                AgreementRow.outcome,
+                AgreementRow.iou,
+                AgreementRow.boundary_f,
+            ).where(AgreementRow.annotation_id.in_(ann_ids))
+        ).all()
+    groups = [g.to_json() for g in summarize(agreement_rows)]
+    model_versions = sorted({t.last_model_version for _, t, _ in items if t.last_model_version})
+    agreement = {"groups": groups, "totals": dict(Counter(r[3] for r in agreement_rows))}
+
+    coco_body = json.dumps(coco, separators=(",", ":"), sort_keys=True).encode()
+    coco_key = f"{prefix}/{dataset}/coco/{hashlib.sha256(coco_body).hexdigest()}.json".lstrip("/")
+    manifest = {
+        "dataset": dataset,
+        "manifest_hash": digest,
+        "source_project": {"name": project.name, "ls_url": project.ls_url, "ls_project_id": project.ls_project_id},
+        "items": sorted(
+            (
+                {"key": item_key(a, t.frame_index), "asset_sha256": a.sha256, "annotation_hash": ann.content_hash}
+                for a, t, ann in items
+            ),
+            key=lambda i: i["key"],
+        ),
+        "counts": counts,
+        "model_versions": model_versions,
+        "agreement": agreement,
+        "coco": f"s3://{bucket}/{coco_key}",
+    }
+    manifest_body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+    manifest_key = f"{prefix}/{dataset}/manifests/{digest}.json".lstrip("/")
+    written = [
+        k for k, body in ((coco_key, coco_body), (manifest_key, manifest_body)) if _put_if_absent(s3, bucket, k, body)
+    ]
+    try:
+        version, created = _insert(
+            catalog,
+            project,
+            dataset,
+            tag,
+            digest,
+            counts,
+            model_versions,
+            agreement,
+            f"s3://{bucket}/{coco_key}",
+            f"s3://{bucket}/{manifest_key}",
+            items,
+        )
+    except BaseException:
+        _delete_unreferenced(catalog, s3, bucket, written)
+        raise
+    return CreateResult(version, created, skipped)
+
+
+def _insert(
+    catalog: Catalog,
+    project: LabelStudioProject,
+    dataset: str,
+    tag: str | None,
+    digest: str,
+    counts: dict[str, Any],
+    model_versions: list[str],
+    agreement: dict[str, Any],
+    coco_uri: str,
+    manifest_uri: str,
+    items: Sequence[tuple[Asset, LabelStudioTask, Annotation]],
+) -> tuple[DatasetVersion, bool]:
+    for _ in range(MAX_NUMBER_RETRIES):
+        try:
+            with catalog.session() as session:
+                parent = session.scalar(
+                    select(DatasetVersion)
+                    .where(DatasetVersion.dataset == dataset)
+                    .order_by(DatasetVersion.number.desc())
+                    .limit(1)
+                )
+                version = DatasetVersion(
+                    dataset=dataset,
+                    number=(parent.number + 1) if parent else 1,
+                    tag=tag,
+                    parent_id=parent.id if parent else None,
+                    source_project_id=project.id,
+                    manifest_hash=digest,
+                    counts=counts,
+                    model_versions=model_versions,
+                    agreement=agreement,
+                    coco_uri=coco_uri,
+                    manifest_uri=manifest_uri,
+                )
+                session.add(version)
+                session.flush()
+                session.add_all(
+                    DatasetVersionItem(
+                        version_id=version.id,
+                        asset_id=a.id,
+                        frame_index=t.frame_index,
+                        annotation_id=ann.id,
+                        asset_sha256=a.sha256 or "",
+                        annotation_hash=ann.content_hash,
+                    )
+                    for a, t, ann in items
+                )
+            logger.info("dataset %s version %d (%s) created", dataset, version.number, digest[:12])
+            return version, True
+        except IntegrityError:
+            same = find_by_manifest(catalog, dataset, digest)
+            if same is not None:  # a concurrent creator froze the same data
+                return same, False
+            logger.info("dataset %s: version number taken by a concurrent creator; retrying", dataset)
+    raise RuntimeError(f"dataset {dataset!r}: could not take a version number after {MAX_NUMBER_RETRIES} attempts")
+
+
+def _referenced_uris(catalog: Catalog) -> set[str]:
+    with catalog.session() as session:
+        rows = session.execute(select(DatasetVersion.coco_uri, DatasetVersion.manifest_uri)).all()
+    return {u for row in rows for u in row if u}
+
+
+def _delete_unreferenced(catalog: Catalog, s3: Any, bucket: str, keys: Sequence[str]) -> None:
+    try:
+        referenced = _referenced_uris(catalog)
+    except Exception:  # noqa: BLE001 - the catalog is down; gc_orphans will sweep later
+        logger.warning("could not check references; leaving %d objects for gc_orphans", len(keys))
+        return
+    for key in keys:
+        if f"s3://{bucket}/{key}" not in referenced:
+            s3.delete_object(Bucket=bucket, Key=key)
+            logger.info("deleted s3://%s/%s (its version was never committed)", bucket, key)
+
+
+def gc_orphans(catalog: Catalog, s3: Any, dest: str, *, min_age: timedelta = timedelta(hours=1)) -> list[str]:
+    """Delete objects under ``dest`` that no version references and that are older than ``min_age`` (so a
+    version being created right now keeps its objects). Returns the deleted URIs."""
+    bucket, prefix = _parse_dest(dest)
+    referenced = _referenced_uris(catalog)
+    cutoff = datetime.now(UTC) - min_age
+    deleted = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
+        for obj in page.get("Contents", []):
+            uri = f"s3://{bucket}/{obj['Key']}"
+            if uri not in referenced and obj["LastModified"] <= cutoff:
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+                deleted.append(uri)
+    return deleted
+
+
+# -- read --------------------------------------------------------------------------------------------------------
+def find_by_manifest(catalog: Catalog, dataset: str, digest: str) -> DatasetVersion | None:
+    with catalog.session() as session:
+        return session.scalar(
+            select(DatasetVersion).where(DatasetVersion.dataset == dataset, DatasetVersion.manifest_hash == digest)
+        )
+
+
+def get_version(catalog: Catalog, version_id: int) -> DatasetVersion:
+    with catalog.session() as session:
+        version = session.get(DatasetVersion, version_id)
+    if version is None:
+        raise VersionNotFoundError(version_id)
+    return version
+
+
+def list_versions(catalog: Catalog, dataset: str | None = None) -> list[DatasetVersion]:
+    with catalog.session() as session:
+        stmt = select(DatasetVersion).order_by(DatasetVersion.dataset, DatasetVersion.number)
+        if dataset:
+            stmt = stmt.where(DatasetVersion.dataset == dataset)
+        return list(session.scalars(stmt))
+
+
+def version_items(catalog: Catalog, version_id: int) -> dict[str, str]:
+    """Item key -> ``asset sha256:annotation hash`` of a version."""
+    with catalog.session() as session:
+        rows = session.execute(
+            select(Asset, DatasetVersionItem)
+            .join(Asset, Asset.id == DatasetVersionItem.asset_id)
+            .where(DatasetVersionItem.version_id == version_id)
+        ).all()
+    return {item_key(a, i.frame_index): f"{i.asset_sha256}:{i.annotation_hash}" for a, i in rows}
+
+
+def diff_versions(catalog: Catalog, a: int, b: int) -> VersionDiff:
+    va, vb = get_version(catalog, a), get_version(catalog, b)
+    return diff_items(
+        version_items(catalog, a),
+        version_items(catalog, b),
+        va.counts.get("instances_per_class", {}),
+        vb.counts.get("instances_per_class", {}),
+    )
+
+
+def version_count(catalog: Catalog, dataset: str) -> int:
+    with catalog.session() as session:
+        return int(session.scalar(select(func.count(DatasetVersion.id)).where(DatasetVersion.dataset == dataset)) or 0)
+
+
+def describe(version: DatasetVersion) -> list[str]:
+    """Human-readable lines of ``maskloop versions show``."""
+    counts = version.counts
+    lines = [
+        f"version {version.id}: {version.dataset} v{version.number}" + (f" [{version.tag}]" if version.tag else ""),
+        f"  created      {version.created_at:%Y-%m-%d %H:%M:%S}  parent {version.parent_id or '-'}  source project {version.source_project_id}",
+        f"  manifest     {version.manifest_hash}",
+        f"  counts       images {counts.get('images', 0)}, videos {counts.get('videos', 0)}, frames {counts.get('frames', 0)}, instances {counts.get('instances', 0)}",
+    ]
+    for label, n in counts.get("instances_per_class", {}).items():
+        lines.append(f"    {label:<20} {n}")
+    lines.append(f"  pre-labelled by {', '.join(version.model_versions) or '-'}")
+    lines.append(f"  agreement    {version.agreement.get('totals', {})}")
+    for g in version.agreement.get("groups", []):
+        rate = g["acceptance_rate"]
+        lines.append(
+            f"    {g['model_version']} [{g['prompt_strategy']}] {g['label']}: "
+            + ", ".join(f"{k} {v}" for k, v in g["counts"].items())
+            + f"; mean IoU {g['mean_iou']}, boundary F {g['mean_boundary_f']}, accepted {'-' if rate is None else f'{rate:.0%}'}"
+        )
+    lines.append(f"  coco         {version.coco_uri}")
+    lines.append(f"  manifest     {version.manifest_uri}")
+    return lines
+
+
+def export_version(
+    catalog: Catalog, s3: Any, version_id: int, out_dir: Path, *, fmt: str = "coco", images: bool = False
+) -> Path:
+    """Write the version's frozen COCO file (``annotations.json``) and manifest into ``out_dir``; ``images``
+    also downloads the image assets under ``out_dir/images/<file_name>``. Returns the COCO path."""
+    if fmt != "coco":
+        raise ValueError(f"export format must be 'coco', got {fmt!r}")
+    version = get_version(catalog, version_id)
+    if not version.coco_uri or not version.manifest_uri:
+        raise ValueError(f"dataset version {version_id} has no stored export")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    coco = _get_json(s3, version.coco_uri)
+    (out_dir / "annotations.json").write_text(json.dumps(coco))
+    (out_dir / "manifest.json").write_text(json.dumps(_get_json(s3, version.manifest_uri), indent=1))
+    if images:
+        from storage.s3 import parse_s3_uri
+
+        for img in coco["images"]:
+            if "#frame=" in img["file_name"]:
+                continue
+            bucket, key = parse_s3_uri(img["file_name"])
+            target = out_dir / "images" / hashlib.sha256(img["file_name"].encode()).hexdigest()[:16] / Path(key).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return out_dir / "annotations.json"
+
+
+# -- preview -----------------------------------------------------------------------------------------------------
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+]
+
+
+def _bar_chart(
+    per_class: Mapping[str, int], colors: Mapping[str, tuple[int, int, int]], width: int, row_h: int = 22
+) -> Any:
+    from PIL import Image, ImageDraw
+
+    classes = list(per_class)
+    img = Image.new("RGB", (width, row_h * (len(classes) + 1) + 8), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((6, 4), "instances per class", fill="black")
+    top = max(per_class.values(), default=0) or 1
+    label_w = 120
+    for i, cls in enumerate(classes):
+        y = row_h * (i + 1) + 4
+        n = int(per_class[cls])
+        draw.text((6, y + 4), cls[:18], fill="black")
+        bar = int((width - label_w - 60) * n / top)
+        draw.rectangle(
+            [label_w, y + 2, label_w + bar, y + row_h - 4], fill=colors.get(cls, _PALETTE[i % len(_PALETTE)])
+        )
+        draw.text((label_w + bar + 6, y + 4), str(n), fill="black")
+    return img
+
+
+def write_preview(
+    catalog: Catalog, s3: Any, version_id: int, path: Path, *, samples: int = 6, thumb: int = 256
+) -> Path:
+    """A PNG contact sheet: up to ``samples`` images of the version with their masks drawn over them (colour by
+    class), and a per-class bar chart below. Images come from S3; masks from the frozen COCO export."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from storage.formats.coco import load_coco
+    from storage.s3 import parse_s3_uri
+
+    version = get_version(catalog, version_id)
+    if not version.coco_uri:
+        raise ValueError(f"dataset version {version_id} has no stored export")
+    data = _get_json(s3, version.coco_uri)
+    coco = load_coco(data)
+    colors = {c["id"]: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(data["categories"])}
+    tiles = []
+    for img in [i for i in data["images"] if "#frame=" not in i["file_name"]][:samples]:
+        bucket, key = parse_s3_uri(img["file_name"])
+        try:
+            pixels = np.asarray(
+                Image.open(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).convert("RGB"), np.float32
+            )
+        except Exception as exc:  # noqa: BLE001 - a missing or broken image must not sink the preview
+            logger.warning("preview: cannot read %s: %s", img["file_name"], exc)
+            pixels = np.full((img["height"], img["width"], 3), 127.0, np.float32)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]])):
+            mask = coco.annToMask(ann).astype(bool)
+            pixels[mask] = 0.45 * pixels[mask] + 0.55 * np.array(colors[ann["category_id"]], np.float32)
+        tile = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        scale = thumb / max(tile.size)
+        tile = tile.resize(
+            (max(1, round(tile.width * scale)), max(1, round(tile.height * scale))), Image.Resampling.NEAREST
+        )
+        tiles.append(tile)
+    cols = max(1, min(3, len(tiles)))
+    rows = -(-len(tiles) // cols)
+    sheet_w = max(cols * (thumb + 4), 420)
+    by_name = {c["name"]: colors[c["id"]] for c in data["categories"]}
+    chart = _bar_chart(version.counts.get("instances_per_class", {}), by_name, sheet_w)
+    sheet = Image.new("RGB", (sheet_w, rows * (thumb + 4) + chart.height), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % cols) * (thumb + 4) + 2, (i // cols) * (thumb + 4) + 2))
+    sheet.paste(chart, (0, rows * (thumb + 4)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, "PNG")
+    return path
