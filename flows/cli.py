@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from model.errors import ModelNotAvailableError
 from storage.settings import Settings
 from storage.stack.process import PortInUseError
 
@@ -215,7 +216,15 @@ def cmd_versions(args: argparse.Namespace) -> int:
             token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
             with LabelStudioClient(settings.label_studio_url, token or "-") as client:
                 row = find_project(catalog, client, args.project)
-            made = create_version(catalog, make_client(settings), row, args.dest, dataset=args.dataset, tag=args.tag, polygons=args.polygons)
+            made = create_version(
+                catalog,
+                make_client(settings),
+                row,
+                args.dest,
+                dataset=args.dataset,
+                tag=args.tag,
+                polygons=args.polygons,
+            )
             print("\n".join(describe(made.version)))
             print("created" if made.created else "unchanged: the same data is already this version")
             for key, reason in made.skipped.items():
@@ -244,7 +253,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
         elif args.action == "export":
             if not args.out:
                 raise SystemExit("maskloop versions export: --out DIR is required")
-            path = export_version(catalog, make_client(settings), _one_id(args), Path(args.out), fmt=args.format, images=args.images)
+            path = export_version(
+                catalog, make_client(settings), _one_id(args), Path(args.out), fmt=args.format, images=args.images
+            )
             print(f"wrote {path}")
     except LookupError as error:
         print(f"maskloop versions {args.action}: {error}", file=sys.stderr)
@@ -270,6 +281,30 @@ def cmd_finetune(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from model.finetune.cli import main as finetune_main
 
     return int(finetune_main(list(rest)))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy
+
+    report = deploy(gpu_slots=args.gpu_slots, deployments=not args.pools_only)
+    print(f"global concurrency limit gpu: {report.gpu_limit} slot(s)")
+    print(
+        f"work pools created: {', '.join(report.pools_created) or '-'}; updated: {', '.join(report.pools_updated) or '-'}"
+    )
+    if report.deployed:
+        print("deployments applied: " + ", ".join(report.deployed))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from flows.events import listen
+    from storage.s3_events import make_sqs_client
+
+    sqs = make_sqs_client(_settings(args), args.sqs_endpoint_url)
+    print(f"listening on {args.queue_url} (Ctrl-C stops)", file=sys.stderr)
+    report = listen(sqs, args.queue_url, wait_s=args.wait, max_polls=args.max_polls)
+    print(f"{report.messages} messages, {report.events} s3.object.created events emitted, {report.rejected} rejected")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,6 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--images", action="store_true", help="export: also download the images")
     ver.set_defaults(func=cmd_versions)
 
+    dep = sub.add_parser("deploy", help="create the gpu concurrency limit and work pools, deploy the flows")
+    dep.add_argument("--gpu-slots", type=int, default=1, help="slots of the global concurrency limit gpu (= GPUs)")
+    dep.add_argument("--pools-only", action="store_true", help="only the limit and the work pools")
+    dep.set_defaults(func=cmd_deploy)
+
+    events = sub.add_parser("events", help="S3 notifications (SQS) -> Prefect events")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    listen = events_sub.add_parser("listen", help="emit s3.object.created for each S3 notification in an SQS queue")
+    listen.add_argument("--queue-url", required=True)
+    listen.add_argument("--sqs-endpoint-url", help="non-AWS SQS endpoint (e.g. a local test server)")
+    listen.add_argument("--wait", type=int, default=20, help="long-poll seconds per receive (0..20)")
+    listen.add_argument("--max-polls", type=int, help="stop after this many receives (default: run until Ctrl-C)")
+    listen.set_defaults(func=cmd_events)
+
     demo = sub.add_parser("demo", help="run the whole job on the embedded defaults")
     demo.add_argument("--stop-after", action="store_true", help="stop the stack when done")
     demo.set_defaults(func=cmd_demo)
@@ -363,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except (PortInUseError, TimeoutError, FileNotFoundError, PermissionError) as error:
+    except (PortInUseError, TimeoutError, FileNotFoundError, PermissionError, ModelNotAvailableError) as error:
         print(f"maskloop {args.command}: {error}", file=sys.stderr)
         return 2
 

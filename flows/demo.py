@@ -55,6 +55,13 @@ def choose_model(settings: Settings) -> tuple[str, str]:
         return settings.model_id, f"model: {settings.model_id} (found on this machine)"
     except (ModelNotAvailableError, OSError) as error:
         reason = str(error).splitlines()[0][:200]
+    try:
+        get_segmenter(resolve_model_id(DEMO_MODEL), device=device_of(settings))
+    except (ModelNotAvailableError, OSError) as error:
+        raise ModelNotAvailableError(
+            f"no model to run: SAM 2 '{settings.model_id}' is not on this machine ({reason}) and the bundled "
+            f"{DEMO_MODEL} is missing ({error}); put a SAM 2 checkpoint on this machine and set MASKLOOP_MODEL_ID"
+        ) from error
     return (
         DEMO_MODEL,
         f"model: {DEMO_MODEL}, the offline demo model (real SAM 2 '{settings.model_id}' is not on this machine: {reason})",

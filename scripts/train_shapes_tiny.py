@@ -36,13 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--until", help="stop training by this UTC time, HH:MM")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--best-to-beat", type=float, default=-1.0, help="keep the checkpoint in --best-dir unless beaten")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     budget = args.budget_s if args.budget_s is not None else _seconds_until(args.until)
     from model.finetune.recipes import run_recipe
 
     result = run_recipe(
-        "shapes-tiny", args.out_dir, budget_s=budget, seed=args.seed, best_dir=args.best_dir, num_threads=args.threads
+        "shapes-tiny",
+        args.out_dir,
+        budget_s=budget,
+        seed=args.seed,
+        best_dir=args.best_dir,
+        num_threads=args.threads,
+        best_to_beat=args.best_to_beat,
     )
     print(f"done: {result.steps} steps in {result.seconds / 60:.1f} min; best {result.best_metrics}")
     return 0

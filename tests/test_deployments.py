@@ -23,3 +23,115 @@ def test_deployment_entrypoint_is_a_flow_accepting_its_parameters(deployment: di
     accepted = set(inspect.signature(flow.fn).parameters)
     assert set(deployment.get("parameters", {})) <= accepted
     assert deployment["work_pool"]["name"]
+
+
+# -- schedules, triggers, limits ------------------------------------------------------------------------------------
+BY_NAME = {d["name"]: d for d in SPEC["deployments"]}
+POOL_DIR = ROOT / "deployments" / "work-pools"
+
+
+@pytest.mark.parametrize(
+    ("name", "cron"), [("prelabel", "0 * * * *"), ("harvest", "30 2 * * *")], ids=["hourly", "nightly"]
+)
+def test_scheduled_deployments_have_their_cron_in_utc(name: str, cron: str) -> None:
+    from prefect.schedules import Cron
+
+    (schedule,) = BY_NAME[name]["schedules"]
+    assert (schedule["cron"], schedule["timezone"]) == (cron, "UTC")
+    Cron(schedule["cron"], timezone=schedule["timezone"])  # parses
+
+
+def test_on_upload_deployment_is_triggered_by_s3_object_created_with_bucket_and_key_from_the_payload() -> None:
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    deployment = BY_NAME["prelabel-on-upload"]
+    (spec,) = deployment["triggers"]
+    trigger = DeploymentEventTrigger.model_validate(spec)
+    assert trigger.expect == {"s3.object.created"}
+    assert trigger.parameters == {"source": "s3://{{ event.payload.bucket }}/{{ event.payload.key }}"}
+    assert "source" not in deployment["parameters"], "the trigger supplies the source"
+
+
+@pytest.mark.parametrize("name", ["prelabel", "prelabel-on-upload", "harvest", "discover-every-15-min"])
+def test_each_source_deployment_runs_one_at_a_time(name: str) -> None:
+    assert BY_NAME[name]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+
+
+def test_fanout_dispatches_to_the_unit_deployment_on_the_gpu_pool() -> None:
+    unit = BY_NAME["prelabel-unit"]
+    flow_name = "prelabel-unit"
+    assert BY_NAME["prelabel"]["parameters"]["deployment_name"] == f"{flow_name}/{unit['name']}"
+    assert unit["work_pool"]["name"] == "maskloop-gpu"
+    assert "active-learning" not in BY_NAME, "no active-learning flow exists yet"
+
+
+# -- work pools -----------------------------------------------------------------------------------------------------
+def _placeholders(value: object) -> set[str]:
+    import re
+
+    if isinstance(value, str):
+        return set(re.findall(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", value))
+    if isinstance(value, dict):
+        return set().union(*(_placeholders(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_placeholders(v) for v in value)) if value else set()
+    return set()
+
+
+def _template(name: str) -> dict:
+    import json
+
+    return json.loads((POOL_DIR / name).read_text())
+
+
+def _render_defaults(template: dict) -> dict:
+    from prefect.utilities.templating import apply_values
+
+    defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+    return apply_values(template["job_configuration"], defaults)
+
+
+@pytest.mark.parametrize("name", ["process.json", "kubernetes-gpu.json", "docker-gpu.json"])
+def test_base_job_template_is_job_configuration_plus_a_json_schema_declaring_every_placeholder(name: str) -> None:
+    from jsonschema import Draft202012Validator
+
+    template = _template(name)
+    assert set(template) == {"job_configuration", "variables"}
+    variables = template["variables"]
+    Draft202012Validator.check_schema(variables)
+    assert variables["type"] == "object"
+    undeclared = _placeholders(template["job_configuration"]) - set(variables["properties"])
+    assert not undeclared, f"{name}: placeholders without a variable: {sorted(undeclared)}"
+    defaults = {k: v["default"] for k, v in variables["properties"].items() if "default" in v}
+    Draft202012Validator(variables).validate(defaults)
+
+
+def test_process_template_keeps_prefects_process_job_configuration() -> None:
+    from prefect.workers.process import ProcessWorker
+
+    default = ProcessWorker.get_default_base_job_template()
+    template = _template("process.json")
+    assert template["job_configuration"] == default["job_configuration"]
+    assert set(template["variables"]["properties"]) == set(default["variables"]["properties"])
+
+
+def test_kubernetes_template_requests_one_nvidia_gpu_per_pod() -> None:
+    config = _render_defaults(_template("kubernetes-gpu.json"))
+    (container,) = config["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert config["job_manifest"]["kind"] == "Job" and container["image"] == "maskloop-worker:latest"
+
+
+def test_docker_template_requests_a_gpu_device() -> None:
+    config = _render_defaults(_template("docker-gpu.json"))
+    (request,) = config["container_create_kwargs"]["device_requests"]
+    assert request == {"driver": "nvidia", "count": 1, "capabilities": [["gpu"]]}
+
+
+def test_worker_dockerfile_installs_cuda_torch_and_the_project() -> None:
+    text = (ROOT / "deployments" / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM ${CUDA_IMAGE}" in text and "nvidia/cuda:" in text
+    assert "download.pytorch.org/whl/cu" in text and "pip install --no-deps -e ." in text
+    for package in ("flows/", "tasks/", "model/", "storage/"):
+        assert f"COPY {package} {package}" in text

@@ -19,7 +19,8 @@ class FinetuneConfig:
     ``Sam2Config`` dict) with fresh weights. Training stops at ``steps`` or after ``budget_s`` seconds, whichever
     comes first; the learning-rate schedule (linear warm-up, cosine decay to ``min_lr_ratio``) follows that
     progress. Mask losses are computed at ``loss_size`` pixels (default: the input size). The best checkpoint by
-    held-out prompt IoU goes to ``best_dir`` (default ``out_dir / "best"``).
+    held-out prompt IoU goes to ``best_dir`` (default ``out_dir / "best"``), only once the mean of box and point
+    IoU exceeds ``best_to_beat`` (so a run can train into a directory that already holds a good checkpoint).
     """
 
     out_dir: Path
@@ -55,6 +56,8 @@ class FinetuneConfig:
     amp: bool = True
     num_threads: int | None = None
     tie_positional_embeddings: bool = True
+    torch_init: bool = True
+    best_to_beat: float = -1.0
     best_dir: Path | None = None
     extra_card: dict[str, Any] = field(default_factory=dict)
 

@@ -49,7 +49,11 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         model = load_model(config.base)
     else:
         assert config.model_config is not None
-        model = build_model(config.model_config, tie_positional_embeddings=config.tie_positional_embeddings)
+        model = build_model(
+            config.model_config,
+            tie_positional_embeddings=config.tie_positional_embeddings,
+            torch_init=config.torch_init,
+        )
     model.to(device).train()
     for name in config.freeze:
         for p in getattr(model, _FREEZE_MODULES[name]).parameters():
@@ -71,7 +75,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     log_path = config.out_dir / "metrics.jsonl"
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
-    best_score = -1.0
+    best_score = config.best_to_beat
     start = time.monotonic()
     last_eval = start
     running: list[float] = []

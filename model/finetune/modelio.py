@@ -14,12 +14,23 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def build_model(model_config: dict[str, Any], *, tie_positional_embeddings: bool = True):  # noqa: ANN201
+def build_model(  # noqa: ANN201
+    model_config: dict[str, Any], *, tie_positional_embeddings: bool = True, torch_init: bool = True
+):
     """A fresh ``Sam2Model`` from a ``Sam2Config`` dict. Tying copies the image-wide positional basis into the
-    prompt encoder so point/box coordinates and image positions share one Fourier basis from step 0."""
+    prompt encoder so point/box coordinates and image positions share one Fourier basis from step 0.
+
+    ``torch_init`` re-initialises linear, convolution and embedding layers with PyTorch's defaults (as Meta's SAM 2
+    code does) instead of transformers' N(0, 0.02): at tiny widths 0.02 leaves attention nearly uniform, and a
+    model trained from scratch learns to ignore its prompts (it segments the most salient object whatever the box).
+    """
     from transformers import Sam2Config, Sam2Model
 
     model = Sam2Model(Sam2Config(**model_config))
+    if torch_init:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d | torch.nn.ConvTranspose2d | torch.nn.Embedding):
+                module.reset_parameters()
     if tie_positional_embeddings:
         tie_positional_basis(model)
     return model

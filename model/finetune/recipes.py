@@ -62,7 +62,7 @@ def shapes_tiny_config(
         "budget_s": budget_s,
         "batch_size": 4,
         "objects_per_image": 4,
-        "lr": 8e-4,
+        "lr": 6e-4,
         "min_lr_ratio": 0.05,
         "warmup_steps": 100,
         "focal_weight": 1.0,  # dice-dominated: SAM's 20x focal collapses to empty masks when training from scratch

@@ -13,6 +13,8 @@ from storage.catalog.models import (
     Prediction,
     Run,
     RunFailure,
+    WorkUnit,
+    WorkUnitAsset,
 )
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "Prediction",
     "Run",
     "RunFailure",
+    "WorkUnit",
+    "WorkUnitAsset",
     "make_engine",
     "upgrade",
 ]

@@ -220,3 +220,34 @@ class DatasetVersionItem(Base):
     annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
     asset_sha256: Mapped[str] = mapped_column(String(64))
     annotation_hash: Mapped[str] = mapped_column(String(64))
+
+
+class WorkUnit(Base):
+    """A shard of pending assets that one worker processes under a lease (``lease_owner`` until ``lease_expires_at``).
+
+    A free unit (no owner, or an expired lease) can be claimed; a worker that dies stops renewing, its lease expires
+    and another worker takes the unit over (``attempts`` + 1). ``status``: pending | done | failed.
+    """
+
+    __tablename__ = "work_units"
+    __table_args__ = (Index("ix_work_units_claimable", "status", "lease_expires_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkUnitAsset(Base):
+    """Asset revision ↔ work unit. Unique per asset: an asset revision is sharded into exactly one unit."""
+
+    __tablename__ = "work_unit_assets"
+    __table_args__ = (UniqueConstraint("asset_id", name="uq_work_unit_assets_asset"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("work_units.id", ondelete="CASCADE"), index=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))

@@ -341,3 +341,13 @@ def test_video_clip_loss_rejects_bad_clips(frames, masks, message):
 
     with pytest.raises(ValueError, match=message):
         clip_loss(tiny_sam2_video_model(SIZE), frames, masks)
+
+
+def test_torch_init_gives_tiny_models_pytorch_default_weight_scale_not_hf_0_02():
+    def q_std(model):
+        return float(model.mask_decoder.transformer.layers[0].self_attn.q_proj.weight.std())
+
+    hf = build_model(shapes_tiny_model_config(SIZE), torch_init=False)
+    torch_default = build_model(shapes_tiny_model_config(SIZE), torch_init=True)
+    assert q_std(hf) == pytest.approx(0.02, rel=0.2)
+    assert q_std(torch_default) > 0.05

@@ -1,0 +1,253 @@
+"""Flows ``prelabel-fanout`` and ``prelabel-unit``: scale pre-labelling out across workers (one GPU each).
+
+``prelabel-fanout`` discovers new assets, shards the pending ones into work units in the catalog
+(:mod:`storage.leases`) and runs each unit as its own flow run: ``run_deployment`` on ``deployment_name`` (workers
+of that deployment's pool pick them up, one GPU each) or, without a deployment, in-process as a subflow per unit.
+``prelabel-unit`` claims its unit with a lease (renewed by a heartbeat while it works), runs the same batch pipeline
+as ``prelabel`` (fetch → segment → import, overlapped) on the unit's assets and marks the unit done. A unit whose
+lease is held by a live worker is skipped; a dead worker's unit becomes free when its lease expires and is dispatched
+again by the next fan-out.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import get_run_context
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy import select
+
+from storage import leases
+from storage.catalog import Asset, Catalog
+from storage.catalog.assets import pending_asset_ids
+from storage.labelstudio.importer import model_version_string
+from storage.s3 import parse_s3_uri
+from storage.settings import Settings
+from tasks import prelabel_ops as ops
+from tasks.discovery import discover_assets
+from tasks.models import Models
+from tasks.prelabel import fetch_batch, import_batch, segment_batch
+
+# Parameters both flows pass through unchanged to the pipeline (JSON-serialisable, so run_deployment can send them).
+PIPELINE_DEFAULTS: dict[str, Any] = {
+    "classes": None,
+    "strategy": "everything",
+    "model_id": None,
+    "project": "maskloop",
+    "batch_size": 32,
+    "video_every": 1,
+    "video_target_fps": None,
+    "key_frame_interval": 30,
+    "video_max_frames": None,
+    "strategy_params": None,
+    "lease_ttl_s": 300.0,
+    "heartbeat_s": 60.0,
+    "gpu_limit": None,
+}
+
+
+def _flow_run_id() -> str:
+    return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+
+
+def _gpu(gpu_limit: str | None) -> AbstractContextManager[Any]:
+    """Hold one slot of the global concurrency limit ``gpu_limit`` (strict: it must exist) around model work."""
+    if not gpu_limit:
+        return nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(gpu_limit, occupy=1, strict=True)
+
+
+def run_batches(
+    settings: Settings,
+    catalog_url: str,
+    run_id: int,
+    batches: list[list[int]],
+    params: ops.PrelabelParams,
+    model_version: str,
+    gpu_limit: str | None = None,
+) -> dict[str, int]:
+    """The prelabel pipeline over ``batches``: fetch k+1 while k is on the model, import k-1 meanwhile."""
+    counts = {"done": 0, "failed": 0, "instances": 0, "skipped": 0}
+    fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
+    imports: list[PrefectFuture[ops.StageReport]] = []
+    for k in range(len(batches)):
+        for ahead in (k, k + 1):
+            if ahead < len(batches) and ahead not in fetched:
+                fetched[ahead] = fetch_batch.submit(settings, catalog_url, run_id, batches[ahead])
+        got = fetched.pop(k).result()
+        counts["failed"] += len(got.failed)
+        with _gpu(gpu_limit):
+            seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
+        counts["failed"] += len(seg.failed)
+        counts["instances"] += seg.instances
+        counts["skipped"] += len(seg.skipped)
+        ready = sorted([*seg.ok, *seg.skipped])
+        imports.append(
+            import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])  # type: ignore[call-overload]
+        )
+    for future in imports:
+        counts["done"] += len(future.result().ok)
+    return counts
+
+
+def _params(source: str, options: dict[str, Any], settings: Settings) -> ops.PrelabelParams:
+    return ops.PrelabelParams(
+        source=source,
+        strategy=options["strategy"],
+        classes=tuple(options["classes"] or ()),
+        model_id=options["model_id"] or settings.model_id,
+        project=options["project"],
+        batch_size=options["batch_size"],
+        video_every=options["video_every"],
+        video_target_fps=options["video_target_fps"],
+        key_frame_interval=options["key_frame_interval"],
+        video_max_frames=options["video_max_frames"],
+        strategy_params=dict(options["strategy_params"] or {}),
+    )
+
+
+@flow(name="prelabel-unit", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
+def prelabel_unit_flow(
+    unit_id: int,
+    source: str,
+    classes: list[str] | None = None,
+    strategy: str = "everything",
+    model_id: str | None = None,
+    project: str = "maskloop",
+    batch_size: int = 32,
+    video_every: int = 1,
+    video_target_fps: float | None = None,
+    key_frame_interval: int = 30,
+    video_max_frames: int | None = None,
+    strategy_params: dict[str, Any] | None = None,
+    lease_ttl_s: float = 300.0,
+    heartbeat_s: float = 60.0,
+    gpu_limit: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Claim work unit ``unit_id`` with a lease and pre-label its assets; skipped when another worker holds it."""
+    settings = settings or Settings()
+    logger = get_run_logger()
+    options = {k: v for k, v in locals().items() if k in PIPELINE_DEFAULTS}
+    params = _params(source, options, settings)
+    config = leases.LeaseConfig(ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
+    catalog_url = settings.resolved_database_url
+    catalog = Catalog(catalog_url)
+    owner = f"flow-run/{_flow_run_id()}"
+    try:
+        lease = leases.claim(catalog, owner, config.ttl_s, unit_id=unit_id)
+        if lease is None:
+            logger.info("work unit %d is held by a live lease or finished: skipped", unit_id)
+            return {"unit_id": unit_id, "claimed": False}
+        return _work_on(settings, catalog, lease, params, config, gpu_limit)
+    finally:
+        catalog.dispose()
+
+
+def _work_on(
+    settings: Settings,
+    catalog: Catalog,
+    lease: leases.Lease,
+    params: ops.PrelabelParams,
+    config: leases.LeaseConfig,
+    gpu_limit: str | None,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    run_id = ops.start_run(
+        catalog, "prelabel-unit", {"unit_id": lease.unit_id, "source": params.source}, _flow_run_id()
+    )
+    started = time.perf_counter()
+    counts: dict[str, int] = {"assets": 0}
+    status, lineage = "failed", (None, None)
+    try:
+        with leases.Heartbeat(catalog, lease, config) as beat:
+            models = Models.load(settings, params.model_id, params.strategy)
+            model_id, sha = str(models.segmenter.model_id), str(models.segmenter.checkpoint_sha256)
+            lineage = (model_id, sha)  # type: ignore[assignment]
+            model_version = model_version_string(model_id, sha, params.strategy)
+            with catalog.session() as session:
+                todo = list(
+                    session.scalars(
+                        select(Asset.id).where(Asset.id.in_(lease.asset_ids), Asset.status == "new").order_by(Asset.id)
+                    )
+                )
+            counts["assets"] = len(todo)
+            batches = ops.batches_of(catalog, todo, params.batch_size)
+            counts.update(run_batches(settings, catalog.url, run_id, batches, params, model_version, gpu_limit))
+        if beat.lost.is_set():
+            raise RuntimeError(f"lost the lease on work unit {lease.unit_id} while working; another worker has it")
+        if not leases.finish(catalog, beat.lease):
+            raise RuntimeError(f"work unit {lease.unit_id} was taken over before it could be marked done")
+        status = "completed"
+    except BaseException:
+        leases.release(catalog, lease)  # free for the next fan-out at once (no-op if the lease was lost)
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        ops.finish_run(catalog, run_id, status, counts, {"seconds": round(elapsed, 3)}, *lineage)
+    logger.info("work unit %d (attempt %d): %s", lease.unit_id, lease.attempt, counts)
+    return {"unit_id": lease.unit_id, "claimed": True, "run_id": run_id, "attempt": lease.attempt, **counts}
+
+
+@flow(name="prelabel-fanout")
+def prelabel_fanout_flow(
+    source: str,
+    unit_size: int = 256,
+    deployment_name: str | None = None,
+    limit: int | None = None,
+    classes: list[str] | None = None,
+    strategy: str = "everything",
+    model_id: str | None = None,
+    project: str = "maskloop",
+    batch_size: int = 32,
+    video_every: int = 1,
+    video_target_fps: float | None = None,
+    key_frame_interval: int = 30,
+    video_max_frames: int | None = None,
+    strategy_params: dict[str, Any] | None = None,
+    lease_ttl_s: float = 300.0,
+    heartbeat_s: float = 60.0,
+    gpu_limit: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Shard the pending assets of ``source`` into units of ``unit_size`` and run one ``prelabel-unit`` per free
+    unit: through ``deployment_name`` (e.g. ``"prelabel-unit/prelabel-unit-gpu"``; returns once they are scheduled)
+    or in-process one after another when it is None (returns their results)."""
+    settings = settings or Settings()
+    logger = get_run_logger()
+    options = {k: v for k, v in locals().items() if k in PIPELINE_DEFAULTS}
+    _params(source, options, settings)  # validate before any work
+    leases.LeaseConfig(ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        discover_assets(settings, source)
+        bucket, prefix = parse_s3_uri(source)
+        with catalog.session() as session:
+            pending = pending_asset_ids(session, bucket, prefix, limit)
+        new_units = leases.shard_pending(catalog, source, pending, unit_size)
+        units = leases.free_unit_ids(catalog, source)
+    finally:
+        catalog.dispose()
+    logger.info("%s: %d new units, %d free units to run", source, len(new_units), len(units))
+    if deployment_name:
+        from prefect.deployments import run_deployment
+
+        runs = [
+            run_deployment(
+                deployment_name,
+                parameters={"unit_id": unit, "source": source, **options},
+                timeout=0,
+                as_subflow=False,
+                idempotency_key=f"prelabel-unit-{_flow_run_id()}-{unit}",
+            )
+            for unit in units
+        ]
+        return {"units": units, "new_units": new_units, "flow_runs": [str(r.id) for r in runs]}  # type: ignore[union-attr]
+    results = [prelabel_unit_flow(unit, source, settings=settings, **options) for unit in units]
+    return {"units": units, "new_units": new_units, "results": results}

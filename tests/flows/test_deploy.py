@@ -1,0 +1,85 @@
+"""``maskloop deploy`` against Prefect's test harness (a real temporary API server): the gpu limit, the work pools
+with their base job templates, every deployment of deployments/prefect.yaml with its schedule/trigger/limit; and the
+fan-out's run_deployment path creating one flow run per unit on the unit deployment."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main
+from flows.deploy import GPU_LIMIT, POOLS, load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+
+
+def test_maskloop_deploy_creates_gpu_limit_pools_and_every_deployment(
+    prefect_api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    assert main(["deploy", "--gpu-slots", "2"]) == 0
+    assert "gpu: 2 slot(s)" in capsys.readouterr().out
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        assert (limit.limit, limit.active) == (2, True)
+        for spec in POOLS:
+            pool = client.read_work_pool(spec.name)
+            assert pool.type == spec.type and pool.base_job_template == load_template(spec)
+        for wanted in SPEC["deployments"]:
+            flow_name = _flow_name(wanted["entrypoint"])
+            got = client.read_deployment_by_name(f"{flow_name}/{wanted['name']}")
+            assert got.work_pool_name == wanted["work_pool"]["name"]
+            assert got.parameters == wanted.get("parameters", {})
+            assert len(got.schedules) == len(wanted.get("schedules", []))
+            if "concurrency_limit" in wanted:
+                assert got.global_concurrency_limit is not None
+                assert got.global_concurrency_limit.limit == wanted["concurrency_limit"]["limit"]
+        on_upload = client.read_deployment_by_name("prelabel/prelabel-on-upload")
+        automations = client.read_automations_by_name("prelabel-on-upload__automation_1")
+        assert automations, "the s3.object.created trigger was not created"
+        assert automations[0].trigger.expect == {"s3.object.created"}  # type: ignore[union-attr]
+        assert automations[0].actions[0].deployment_id == on_upload.id  # type: ignore[union-attr]
+    # idempotent: a second deploy resizes the limit and updates the pools
+    assert main(["deploy", "--gpu-slots", "1", "--pools-only"]) == 0
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit == 1
+
+
+def _flow_name(entrypoint: str) -> str:
+    import importlib
+
+    path, _, attr = entrypoint.partition(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr).name
+
+
+def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
+    prefect_api: str, settings, catalog_url: str, s3, bucket: str  # noqa: ANN001
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.prelabel_fanout import prelabel_fanout_flow, prelabel_unit_flow
+
+    for i in range(5):
+        s3.put_object(Bucket=bucket, Key=f"in/{i}.png", Body=b"x")
+    name = f"unit-{uuid.uuid4().hex[:8]}"
+    deployment_id = prelabel_unit_flow.to_deployment(name=name).apply()
+    flow_settings = settings.model_copy(update={"database_url": catalog_url})
+    result = prelabel_fanout_flow(
+        f"s3://{bucket}/in/", unit_size=2, deployment_name=f"prelabel-unit/{name}", settings=flow_settings
+    )
+    assert len(result["units"]) == 3 and len(result["flow_runs"]) == 3
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            sort=FlowRunSort.ID_DESC,
+            limit=50,
+        )
+    assert sorted(r.parameters["unit_id"] for r in runs) == sorted(result["units"])
+    assert {r.parameters["source"] for r in runs} == {f"s3://{bucket}/in/"}

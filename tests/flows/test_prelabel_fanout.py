@@ -1,0 +1,81 @@
+"""Fan-out pre-labelling in-process: real S3 HTTP server (moto), real Label Studio, Prefect's test harness, a tiny
+real SAM 2; units claimed through catalog leases, a live holder's unit skipped, a dead holder's unit taken over."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from storage import leases
+from storage.catalog import Asset, Catalog, LabelStudioTask, WorkUnit
+from storage.catalog.assets import discover, pending_asset_ids
+from storage.labelstudio.client import LabelStudioClient
+from storage.s3 import list_objects, make_client
+from storage.settings import Settings
+from tests.flows.test_prelabel import LOOSE, ls_tasks
+
+
+@pytest.fixture()
+def flow_settings(settings: Settings, catalog_url: str, label_studio_server: Any, tiny_checkpoint: Path) -> Settings:
+    return Settings.model_validate(
+        {
+            **settings.model_dump(),
+            "database_url": catalog_url,
+            "label_studio_url": label_studio_server.url,
+            "label_studio_token": label_studio_server.token,
+            "model_id": str(tiny_checkpoint),
+            "device": "cpu",
+        }
+    )
+
+
+def test_fanout_runs_each_unit_once_skips_a_live_lease_and_takes_over_a_dead_one(
+    prefect_api: str,
+    flow_settings: Settings,
+    bucket: str,
+    fill_bucket: Callable[..., dict[str, list[str]]],
+    ls_client: LabelStudioClient,
+) -> None:
+    from flows.prelabel_fanout import prelabel_fanout_flow, prelabel_unit_flow
+
+    fill_bucket(images=4, videos=0, broken=1)
+    source, project = f"s3://{bucket}/in/", f"fan-{bucket[-8:]}"
+    catalog = Catalog(flow_settings.resolved_database_url)
+    # another worker already sharded the listing and holds the first unit with a live lease
+    ids = discover(catalog, list_objects(make_client(flow_settings), bucket, "in/")).new_asset_ids
+    first_unit, *_ = leases.shard_pending(catalog, source, ids, unit_size=2)
+    held = leases.claim(catalog, "other-worker", 3600, unit_id=first_unit)
+    assert held is not None
+
+    common = {"project": project, "batch_size": 1, "strategy_params": LOOSE, "settings": flow_settings}
+    result = prelabel_fanout_flow(source, unit_size=2, **common)
+    assert result["new_units"] == [] and first_unit not in result["units"] and len(result["units"]) == 2
+    assert all(r["claimed"] for r in result["results"])
+    assert prelabel_unit_flow(first_unit, source, **common) == {"unit_id": first_unit, "claimed": False}
+    with catalog.session() as session:
+        waiting = set(pending_asset_ids(session, bucket, "in/"))
+    assert waiting == set(held.asset_ids), "only the held unit's assets are still pending"
+
+    # the other worker dies: its lease expires and the next fan-out takes the unit over
+    with catalog.session() as session:
+        session.execute(update(WorkUnit).where(WorkUnit.id == first_unit).values(lease_expires_at=None))
+    again = prelabel_fanout_flow(source, unit_size=2, **common)
+    assert again["units"] == [first_unit]
+    (taken,) = again["results"]
+    assert taken["claimed"] and taken["attempt"] == 2
+
+    with catalog.session() as session:
+        units = session.scalars(select(WorkUnit).where(WorkUnit.source == source)).all()
+        assert sorted(u.status for u in units) == ["done"] * 3
+        statuses = Counter(session.scalars(select(Asset.status).where(Asset.bucket == bucket)))
+        assert statuses == {"done": 4, "failed": 1}
+        per_asset = Counter(session.scalars(select(LabelStudioTask.asset_id)))
+    assert all(n == 1 for n in per_asset.values()) and len(per_asset) == 4
+    tasks = ls_tasks(ls_client, catalog, f"{project} (images)")
+    assert len(tasks) == 4 and all(t["predictions"] for t in tasks)
+    catalog.dispose()
