@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--until", help="stop training by this UTC time, HH:MM")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--best-to-beat", type=float, default=-1.0, help="keep the checkpoint in --best-dir unless beaten")
+    parser.add_argument(
+        "--best-to-beat", type=float, default=-1.0, help="keep the checkpoint in --best-dir unless beaten"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     budget = args.budget_s if args.budget_s is not None else _seconds_until(args.until)

@@ -41,7 +41,9 @@ class ObjectCreated:
 
     def __post_init__(self) -> None:
         if not self.bucket or not self.key:
-            raise BadNotificationError(f"an object-created record needs bucket and key, got {self.bucket!r}/{self.key!r}")
+            raise BadNotificationError(
+                f"an object-created record needs bucket and key, got {self.bucket!r}/{self.key!r}"
+            )
 
     @property
     def uri(self) -> str:
@@ -121,5 +123,9 @@ def make_sqs_client(settings: Settings, endpoint_url: str | None = None) -> Any:
     key = settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None
     secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
     return boto3.session.Session().client(
-        "sqs", endpoint_url=endpoint_url, region_name=settings.s3_region, aws_access_key_id=key, aws_secret_access_key=secret
+        "sqs",
+        endpoint_url=endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
     )

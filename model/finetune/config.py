@@ -57,6 +57,7 @@ class FinetuneConfig:
     num_threads: int | None = None
     tie_positional_embeddings: bool = True
     torch_init: bool = True
+    align_prompt_attention: bool = False
     best_to_beat: float = -1.0
     best_dir: Path | None = None
     extra_card: dict[str, Any] = field(default_factory=dict)

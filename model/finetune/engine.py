@@ -53,6 +53,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             config.model_config,
             tie_positional_embeddings=config.tie_positional_embeddings,
             torch_init=config.torch_init,
+            align_prompt_attention=config.align_prompt_attention,
         )
     model.to(device).train()
     for name in config.freeze:

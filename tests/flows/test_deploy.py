@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from flows.cli import main
 from flows.deploy import GPU_LIMIT, POOLS, load_template
+from storage.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
@@ -58,7 +60,7 @@ def _flow_name(entrypoint: str) -> str:
 
 
 def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
-    prefect_api: str, settings, catalog_url: str, s3, bucket: str  # noqa: ANN001
+    prefect_api: str, settings: Settings, catalog_url: str, s3: Any, bucket: str
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -83,3 +85,21 @@ def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
         )
     assert sorted(r.parameters["unit_id"] for r in runs) == sorted(result["units"])
     assert {r.parameters["source"] for r in runs} == {f"s3://{bucket}/in/"}
+
+
+def test_model_work_holds_one_slot_of_the_strict_gpu_limit_and_fails_without_the_limit(prefect_api: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    from flows.deploy import ensure_gpu_limit
+    from flows.prelabel_fanout import _gpu
+
+    with pytest.raises(ConcurrencySlotAcquisitionError), _gpu(f"missing-{uuid.uuid4().hex[:6]}"):
+        pass
+    with get_client(sync_client=True) as client:
+        ensure_gpu_limit(client, 1)
+        with _gpu(GPU_LIMIT):
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
+        assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+    with _gpu(None):  # no limit configured: model work is not gated
+        pass

@@ -33,16 +33,38 @@ EVENTBRIDGE = {
     ("body", "expected"),
     [
         ({"Records": [s3_record()]}, [ObjectCreated("bkt", "in/a.png", 3, "e1", "ObjectCreated:Put")]),
-        ({"Records": [s3_record(key="in%2Fa+b%C3%A9.png")]}, [ObjectCreated("bkt", "in/a bé.png", 3, "e1", "ObjectCreated:Put")]),
-        ({"Records": [s3_record("s3:ObjectCreated:Put")]}, [ObjectCreated("bkt", "in/a.png", 3, "e1", "s3:ObjectCreated:Put")]),
-        ({"Records": [s3_record("ObjectRemoved:Delete"), s3_record(key="b.png")]}, [ObjectCreated("bkt", "b.png", 3, "e1", "ObjectCreated:Put")]),
+        (
+            {"Records": [s3_record(key="in%2Fa+b%C3%A9.png")]},
+            [ObjectCreated("bkt", "in/a bé.png", 3, "e1", "ObjectCreated:Put")],
+        ),
+        (
+            {"Records": [s3_record("s3:ObjectCreated:Put")]},
+            [ObjectCreated("bkt", "in/a.png", 3, "e1", "s3:ObjectCreated:Put")],
+        ),
+        (
+            {"Records": [s3_record("ObjectRemoved:Delete"), s3_record(key="b.png")]},
+            [ObjectCreated("bkt", "b.png", 3, "e1", "ObjectCreated:Put")],
+        ),
         ({"Records": []}, []),
         ({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "bkt"}, []),
-        ({"Type": "Notification", "Message": json.dumps({"Records": [s3_record()]})}, [ObjectCreated("bkt", "in/a.png", 3, "e1", "ObjectCreated:Put")]),
+        (
+            {"Type": "Notification", "Message": json.dumps({"Records": [s3_record()]})},
+            [ObjectCreated("bkt", "in/a.png", 3, "e1", "ObjectCreated:Put")],
+        ),
         (EVENTBRIDGE, [ObjectCreated("bkt", "in/a b.png", 3, "e1", "EventBridge:Object Created")]),
         ({**EVENTBRIDGE, "detail-type": "Object Deleted"}, []),
     ],
-    ids=["s3", "url-encoded-key", "minio", "removed-ignored", "empty", "test-event", "sns", "eventbridge", "eb-deleted"],
+    ids=[
+        "s3",
+        "url-encoded-key",
+        "minio",
+        "removed-ignored",
+        "empty",
+        "test-event",
+        "sns",
+        "eventbridge",
+        "eb-deleted",
+    ],
 )
 def test_parse_notification(body: dict[str, Any], expected: list[ObjectCreated]) -> None:
     assert parse_notification(json.dumps(body)) == expected
@@ -74,9 +96,9 @@ def test_prefect_event_names_the_object_by_its_s3_uri() -> None:
 # -- against moto's HTTP server -------------------------------------------------------------------------------------
 def _notifying_queue(settings: Settings, s3: Any, bucket: str, visibility: int = 30) -> tuple[Any, str]:
     sqs = make_sqs_client(settings, settings.s3_endpoint_url)
-    queue = sqs.create_queue(
-        QueueName=f"q-{uuid.uuid4().hex[:10]}", Attributes={"VisibilityTimeout": str(visibility)}
-    )["QueueUrl"]
+    queue = sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:10]}", Attributes={"VisibilityTimeout": str(visibility)})[
+        "QueueUrl"
+    ]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     s3.put_bucket_notification_configuration(
         Bucket=bucket,
@@ -112,7 +134,9 @@ def test_listener_emits_one_event_per_uploaded_object_and_deletes_only_handled_m
     assert _queued(sqs, queue) == 1, "only the garbage message stays (for the dead-letter queue)"
 
 
-def test_listener_that_fails_to_emit_leaves_the_message_for_redelivery(settings: Settings, s3: Any, bucket: str) -> None:
+def test_listener_that_fails_to_emit_leaves_the_message_for_redelivery(
+    settings: Settings, s3: Any, bucket: str
+) -> None:
     sqs, queue = _notifying_queue(settings, s3, bucket, visibility=1)
     listen(sqs, queue, emit=lambda **kw: None, flush=lambda: None, wait_s=0, max_polls=1)  # consume the test event
     s3.put_object(Bucket=bucket, Key="in/a.png", Body=b"xyz")

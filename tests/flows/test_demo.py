@@ -1,0 +1,37 @@
+"""The demo's pieces: generated sample media decodes, and the model choice falls back to the bundled model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.demo import DEMO_MODEL, choose_model, sample_media
+from model.images import decode_image
+from model.video import probe_video
+from storage.settings import Settings
+
+
+def test_sample_media_are_decodable_images_and_a_clip(tmp_path: Path) -> None:
+    media = sample_media(images=3, clips=1)
+    images = {k: v for k, v in media.items() if k.endswith(".png")}
+    clips = {k: v for k, v in media.items() if k.endswith(".mp4")}
+    assert len(images) == 3 and len(clips) == 1
+    for key, data in images.items():
+        assert decode_image(data, key).shape[2] == 3
+    (key, data), = clips.items()
+    (tmp_path / "clip.mp4").write_bytes(data)
+    info = probe_video(tmp_path / "clip.mp4")
+    assert info.frame_count == 24 and info.width > 0
+
+
+def test_sample_media_are_reproducible() -> None:
+    assert sample_media(images=2, clips=0) == sample_media(images=2, clips=0)
+
+
+def test_demo_uses_the_bundled_model_when_sam2_is_not_on_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    model_id, line = choose_model(Settings(data_dir=tmp_path, model_id="facebook/sam2.1-hiera-tiny", device="cpu"))
+    assert model_id == DEMO_MODEL
+    assert line.startswith(f"model: {DEMO_MODEL}") and "facebook/sam2.1-hiera-tiny" in line and "\n" not in line
