@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     # hidden size 128: the video memory encoder (64 channels) needs a hidden size that is a larger multiple of 64
     return save_tiny_sam2(tmp_path_factory.mktemp("sam2-tiny"), image_size=64, hidden_size=128)
+
+
+@pytest.fixture()
+def flow_settings(settings: Any, catalog_url: str, label_studio_server: Any, tiny_checkpoint: Path) -> Any:
+    """Settings for a flow run against this test's S3 server, catalog (SQLite or PostgreSQL), the session's Label
+    Studio and the tiny SAM 2 checkpoint."""
+    return type(settings).model_validate(
+        {
+            **settings.model_dump(),
+            "database_url": catalog_url,
+            "label_studio_url": label_studio_server.url,
+            "label_studio_token": label_studio_server.token,
+            "model_id": str(tiny_checkpoint),
+            "device": "cpu",
+        }
+    )
 
 
 def png_bytes(rng: np.random.Generator, height: int = 96, width: int = 128) -> bytes:

@@ -19,7 +19,7 @@ def test_sample_media_are_decodable_images_and_a_clip(tmp_path: Path) -> None:
     assert len(images) == 3 and len(clips) == 1
     for key, data in images.items():
         assert decode_image(data, key).shape[2] == 3
-    (key, data), = clips.items()
+    ((key, data),) = clips.items()
     (tmp_path / "clip.mp4").write_bytes(data)
     info = probe_video(tmp_path / "clip.mp4")
     assert info.frame_count == 24 and info.width > 0
@@ -29,7 +29,9 @@ def test_sample_media_are_reproducible() -> None:
     assert sample_media(images=2, clips=0) == sample_media(images=2, clips=0)
 
 
-def test_demo_uses_the_bundled_model_when_sam2_is_not_on_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_uses_the_bundled_model_when_sam2_is_not_on_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     model_id, line = choose_model(Settings(data_dir=tmp_path, model_id="facebook/sam2.1-hiera-tiny", device="cpu"))

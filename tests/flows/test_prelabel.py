@@ -25,20 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOSE = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "max_masks": 3}
 
 
-@pytest.fixture()
-def flow_settings(settings: Settings, catalog_url: str, label_studio_server: Any, tiny_checkpoint: Path) -> Settings:
-    return Settings.model_validate(
-        {
-            **settings.model_dump(),
-            "database_url": catalog_url,
-            "label_studio_url": label_studio_server.url,
-            "label_studio_token": label_studio_server.token,
-            "model_id": str(tiny_checkpoint),
-            "device": "cpu",
-        }
-    )
-
-
 def ls_tasks(client: LabelStudioClient, catalog: Catalog, project_name: str) -> list[dict[str, Any]]:
     with catalog.session() as session:
         project = session.scalar(select(LabelStudioProject).where(LabelStudioProject.name == project_name))

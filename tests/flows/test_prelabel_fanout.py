@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import pytest
 from sqlalchemy import select, update
 
 from storage import leases
@@ -18,20 +15,6 @@ from storage.labelstudio.client import LabelStudioClient
 from storage.s3 import list_objects, make_client
 from storage.settings import Settings
 from tests.flows.test_prelabel import LOOSE, ls_tasks
-
-
-@pytest.fixture()
-def flow_settings(settings: Settings, catalog_url: str, label_studio_server: Any, tiny_checkpoint: Path) -> Settings:
-    return Settings.model_validate(
-        {
-            **settings.model_dump(),
-            "database_url": catalog_url,
-            "label_studio_url": label_studio_server.url,
-            "label_studio_token": label_studio_server.token,
-            "model_id": str(tiny_checkpoint),
-            "device": "cpu",
-        }
-    )
 
 
 def test_fanout_runs_each_unit_once_skips_a_live_lease_and_takes_over_a_dead_one(

@@ -33,20 +33,6 @@ def _secret(value: Any) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
-@pytest.fixture()
-def flow_settings(settings: Settings, catalog_url: str, label_studio_server: Any, tiny_checkpoint: Path) -> Settings:
-    return Settings.model_validate(
-        {
-            **settings.model_dump(),
-            "database_url": catalog_url,
-            "label_studio_url": label_studio_server.url,
-            "label_studio_token": label_studio_server.token,
-            "model_id": str(tiny_checkpoint),
-            "device": "cpu",
-        }
-    )
-
-
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
