@@ -48,7 +48,12 @@ def bench_maskloop(client: LabelStudioClient, catalog: Catalog, n: int, masks: i
     ids = _assets(catalog, n, tag)
     pre = [_instances(i, masks, h, w) for i in range(n)]
     t0 = time.perf_counter()
-    report = import_predictions(client, catalog, project, [ImportItem(a, f"http://127.0.0.1:9/{a}.jpg", pre[i], "bench@0/grid", 0.5) for i, a in enumerate(ids)])
+    report = import_predictions(
+        client,
+        catalog,
+        project,
+        [ImportItem(a, f"http://127.0.0.1:9/{a}.jpg", pre[i], "bench@0/grid", 0.5) for i, a in enumerate(ids)],
+    )
     dt = time.perf_counter() - t0
     assert report.created == n, report
     return n / dt
@@ -67,11 +72,27 @@ def bench_sdk(url: str, token: str, n: int, masks: int, h: int, w: int) -> float
     tasks = []
     for i, inst in enumerate(pre):
         result = [
-            {"id": f"b{k}", "type": "brushlabels", "from_name": "brush", "to_name": "image", "original_width": w, "original_height": h,
-             "value": {"format": "rle", "rle": mask2rle(inst.masks[k].astype(np.uint8) * 255), "brushlabels": ["object"]}}
+            {
+                "id": f"b{k}",
+                "type": "brushlabels",
+                "from_name": "brush",
+                "to_name": "image",
+                "original_width": w,
+                "original_height": h,
+                "value": {
+                    "format": "rle",
+                    "rle": mask2rle(inst.masks[k].astype(np.uint8) * 255),
+                    "brushlabels": ["object"],
+                },
+            }
             for k in range(masks)
         ]
-        tasks.append({"data": {"image": f"http://127.0.0.1:9/{i}.jpg"}, "predictions": [{"model_version": "bench", "score": 0.5, "result": result}]})
+        tasks.append(
+            {
+                "data": {"image": f"http://127.0.0.1:9/{i}.jpg"},
+                "predictions": [{"model_version": "bench", "score": 0.5, "result": result}],
+            }
+        )
     for start in range(0, n, 500):
         ls.projects.import_tasks(id=project.id, request=tasks[start : start + 500])
     return n / (time.perf_counter() - t0)
@@ -103,7 +124,9 @@ def main() -> None:
 
     for h, w in ((480, 640), (1080, 1920)):
         ours, sdk = bench_encode(h, w)
-        print(f"brush RLE encode {w}x{h}: maskloop {ours * 1e3:.2f} ms, SDK mask2rle {sdk * 1e3:.2f} ms, speedup x{sdk / ours:.1f}")
+        print(
+            f"brush RLE encode {w}x{h}: maskloop {ours * 1e3:.2f} ms, SDK mask2rle {sdk * 1e3:.2f} ms, speedup x{sdk / ours:.1f}"
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         server = None
@@ -118,15 +141,23 @@ def main() -> None:
             catalog = Catalog(f"sqlite:///{Path(tmp) / 'catalog.sqlite'}")
             with LabelStudioClient(url, token) as client:
                 rate = bench_maskloop(client, catalog, args.tasks, 1, 480, 640, "vga")
-                print(f"import, 1 brush mask 640x480 per task, {args.tasks} tasks: maskloop {rate:.0f} tasks/s (goal >= 300)")
+                print(
+                    f"import, 1 brush mask 640x480 per task, {args.tasks} tasks: maskloop {rate:.0f} tasks/s (goal >= 300)"
+                )
                 if not args.skip_sdk:
                     sdk_rate = bench_sdk(url, token, args.tasks, 1, 480, 640)
-                    print(f"import, same via label_studio_sdk: {sdk_rate:.0f} tasks/s; ratio maskloop/SDK x{rate / sdk_rate:.2f}")
+                    print(
+                        f"import, same via label_studio_sdk: {sdk_rate:.0f} tasks/s; ratio maskloop/SDK x{rate / sdk_rate:.2f}"
+                    )
                 rate = bench_maskloop(client, catalog, args.tasks_1080p, 10, 1080, 1920, "1080p")
-                print(f"import, 10 brush masks 1920x1080 per task, {args.tasks_1080p} tasks: maskloop {rate:.1f} tasks/s")
+                print(
+                    f"import, 10 brush masks 1920x1080 per task, {args.tasks_1080p} tasks: maskloop {rate:.1f} tasks/s"
+                )
                 if not args.skip_sdk:
                     sdk_rate = bench_sdk(url, token, args.tasks_1080p, 10, 1080, 1920)
-                    print(f"import, same via label_studio_sdk: {sdk_rate:.1f} tasks/s; ratio maskloop/SDK x{rate / sdk_rate:.2f}")
+                    print(
+                        f"import, same via label_studio_sdk: {sdk_rate:.1f} tasks/s; ratio maskloop/SDK x{rate / sdk_rate:.2f}"
+                    )
         finally:
             if server is not None:
                 server.stop()

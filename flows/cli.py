@@ -198,6 +198,78 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights(items: list[str] | None) -> dict[str, float] | None:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"maskloop active-learning: --weight expects SIGNAL=NUMBER, got {item!r}") from None
+        if not sep:
+            raise SystemExit(f"maskloop active-learning: --weight expects SIGNAL=NUMBER, got {item!r}")
+    return out or None
+
+
+def cmd_active_learning(args: argparse.Namespace) -> int:
+    from flows.active_learning import active_learning_flow
+
+    result = active_learning_flow(
+        args.project,
+        strategy=args.strategy,
+        budget=args.budget,
+        finetune=not args.no_finetune,
+        finetune_from=args.finetune_from,
+        model_id=args.model,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        freeze=args.freeze,
+        held_out_fraction=args.held_out,
+        promote_margin=args.promote_margin,
+        accept_iou=args.accept_iou,
+        seed=args.seed,
+        dest=args.dest,
+        dataset=args.dataset,
+        models_dir=args.models_dir,
+        review_view=not args.no_review_view,
+        confidence_weights=_weights(args.weight),
+        calibrate=not args.no_calibrate,
+        num_threads=args.threads,
+        settings=_stack_settings(args),
+    )
+    m = result["metrics"]
+    print(
+        f"round {result['round']} (run {result['run_id']}): {m['corrected_items']} corrected items, "
+        f"{m['train_items']} train / {m['held_out_items']} held out"
+    )
+    if "finetune" in m:
+        ft = m["finetune"]
+        print(f"  fine-tuned {ft['model_version']} ({ft['steps']} steps, {ft['seconds']:.0f} s)")
+    else:
+        print(f"  no fine-tuning: {m.get('finetune_skipped', '-')}")
+    held = m.get("held_out")
+    if held:
+        old, new = held["old"], held["new"]
+        print(
+            f"  held-out mean IoU {old['mean_iou']:.3f} -> {new['mean_iou']:.3f}, "
+            f"accepted unchanged {old['accepted_rate']:.3f} -> {new['accepted_rate']:.3f}"
+        )
+    print(
+        f"  new model promoted; re-pre-labelled {m.get('relabelled', 0)} tasks as {m.get('model_version')}"
+        if result["promoted"]
+        else f"  model kept ({m.get('not_promoted', 'no new model')})"
+    )
+    weights = m.get("confidence_weights") or {}
+    print(f"  uncertainty signal weights: {weights.get('source')} {weights.get('weights') or ''}".rstrip())
+    pool = m["pool"]
+    print(
+        f"  pool of {pool['items']} tasks scored with {pool['scored_with']} ({args.strategy}); "
+        f"review next: {pool['chosen_tasks'][:20]}{' ...' if len(pool['chosen_tasks']) > 20 else ''}"
+    )
+    return 0
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from storage.catalog import Catalog
     from storage.s3 import make_client
@@ -286,7 +358,8 @@ def cmd_finetune(args: argparse.Namespace, rest: Sequence[str]) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.deploy import deploy
 
-    report = deploy(gpu_slots=args.gpu_slots, deployments=not args.pools_only)
+    extra = {"prefect_file": Path(args.prefect_file)} if args.prefect_file else {}
+    report = deploy(gpu_slots=args.gpu_slots, deployments=not args.pools_only, **extra)
     print(f"global concurrency limit gpu: {report.gpu_limit} slot(s)")
     print(
         f"work pools created: {', '.join(report.pools_created) or '-'}; updated: {', '.join(report.pools_updated) or '-'}"
@@ -357,6 +430,47 @@ def build_parser() -> argparse.ArgumentParser:
     har.add_argument("--full", action="store_true", help="ignore the incremental cursor")
     har.set_defaults(func=cmd_harvest)
 
+    al = sub.add_parser(
+        "active-learning", help="one active-learning round: harvest, fine-tune, compare, re-pre-label, prioritise"
+    )
+    al.add_argument("project", help="catalog project name, e.g. 'maskloop (images)'")
+    al.add_argument("--strategy", choices=["uncertainty", "diversity", "hybrid", "random"], default="uncertainty")
+    al.add_argument("--budget", type=int, default=50, help="tasks to put first in the review queue")
+    al.add_argument("--no-finetune", action="store_true", help="only re-score the pool with the current model")
+    al.add_argument(
+        "--finetune-from",
+        choices=["current", "initial"],
+        default="current",
+        help="continue from the current model, or retrain from the project's initial model on all corrections",
+    )
+    al.add_argument("--model", help="model pre-labelling the project (default: last promoted, else $MASKLOOP_MODEL_ID)")
+    al.add_argument("--steps", type=int, default=300)
+    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--batch-size", type=int, default=2)
+    al.add_argument(
+        "--freeze",
+        nargs="*",
+        choices=["image_encoder", "prompt_encoder", "mask_decoder"],
+        help="modules to freeze (default: image_encoder prompt_encoder, i.e. decoder-only)",
+    )
+    al.add_argument("--held-out", type=float, default=0.25, help="fraction of corrected items held out")
+    al.add_argument("--promote-margin", type=float, default=0.0, help="held-out IoU gain the new model must exceed")
+    al.add_argument("--accept-iou", type=float, default=0.9, help="IoU for 'accepted unchanged'")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--dest", help="s3://bucket/prefix: freeze the corrections into a dataset version first")
+    al.add_argument("--dataset", help="dataset name for --dest (default: the project name)")
+    al.add_argument("--models-dir", help="where fine-tuned checkpoints go (default: <data dir>/models)")
+    al.add_argument("--no-review-view", action="store_true", help="no 'review next' Label Studio view")
+    al.add_argument(
+        "--weight",
+        action="append",
+        help="uncertainty signal weight SIGNAL=W (predicted_iou, stability, multimask_agreement, box_agreement, "
+        "detector_margin; default 1 each)",
+    )
+    al.add_argument("--no-calibrate", action="store_true", help="do not learn the signal weights from the corrections")
+    al.add_argument("--threads", type=int, help="torch CPU threads for fine-tuning")
+    al.set_defaults(func=cmd_active_learning)
+
     ver = sub.add_parser("versions", help="immutable dataset versions: create, list, show, diff, export")
     ver.add_argument("action", choices=["create", "list", "show", "diff", "export"])
     ver.add_argument("ids", type=int, nargs="*", help="version id (show, export) or two (diff)")
@@ -374,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     dep = sub.add_parser("deploy", help="create the gpu concurrency limit and work pools, deploy the flows")
     dep.add_argument("--gpu-slots", type=int, default=1, help="slots of the global concurrency limit gpu (= GPUs)")
     dep.add_argument("--pools-only", action="store_true", help="only the limit and the work pools")
+    dep.add_argument(
+        "--prefect-file",
+        help="deployments to apply (default deployments/prefect.yaml; entrypoints relative to the repository root)",
+    )
     dep.set_defaults(func=cmd_deploy)
 
     events = sub.add_parser("events", help="S3 notifications (SQS) -> Prefect events")

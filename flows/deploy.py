@@ -97,7 +97,8 @@ def apply_deployments(prefect_file: Path, repo_dir: Path) -> list[str]:
 
     Done through the Python API rather than ``prefect deploy``: prefect 3.8's CLI asks the server for a pool's
     workers with ``limit: null``, which the 3.8 server answers with 422 after the first deployment. Flow runs start
-    in ``repo_dir`` ($MASKLOOP_REPO_DIR on the workers; /opt/maskloop in deployments/Dockerfile).
+    in ``repo_dir`` ($MASKLOOP_REPO_DIR on the workers; /opt/maskloop in deployments/Dockerfile); on the process
+    pool that is also their working directory (job variable ``working_dir``, unless the file sets one).
     """
     import importlib
 
@@ -108,11 +109,18 @@ def apply_deployments(prefect_file: Path, repo_dir: Path) -> list[str]:
 
     triggers_adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
     spec = yaml.safe_load(prefect_file.read_text())
+    pool_types = {p.name: p.type for p in POOLS}
     applied = []
     for item in spec["deployments"]:
         path, _, attr = item["entrypoint"].partition(":")
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr)
         limit = item.get("concurrency_limit")
+        job_variables = dict(item["work_pool"].get("job_variables") or {})
+        if pool_types.get(item["work_pool"]["name"]) == "process":
+            # Without a working_dir a process worker copies the deployment's path (the whole checkout, virtual
+            # environments included) into a temporary directory for every flow run and deletes it afterwards,
+            # blocking the worker for minutes; run in the checkout itself instead.
+            job_variables.setdefault("working_dir", str(repo_dir))
         deployment = flow.to_deployment(
             name=item["name"],
             description=item.get("description"),
@@ -121,7 +129,7 @@ def apply_deployments(prefect_file: Path, repo_dir: Path) -> list[str]:
             triggers=[triggers_adapter.validate_python(t) for t in item.get("triggers") or []],
             concurrency_limit=ConcurrencyLimitConfig(**limit) if limit else None,
             work_pool_name=item["work_pool"]["name"],
-            job_variables=item["work_pool"].get("job_variables") or {},
+            job_variables=job_variables,
         )
         deployment.entrypoint = item["entrypoint"]
         deployment._path = str(repo_dir)

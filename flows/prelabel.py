@@ -29,6 +29,7 @@ from tasks.prelabel import fetch_batch, import_batch, segment_batch
 
 # Batch progress for terminals: ``maskloop prelabel`` draws a bar from these records (extra: done, total, assets).
 progress_log = logging.getLogger("maskloop.progress")
+PROGRESS_EVERY_S = 5.0  # the Prefect progress artifact is updated at most this often (and at the end)
 
 
 @flow(name="prelabel", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
@@ -72,6 +73,7 @@ def prelabel_flow(
     counts = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0}
     status, model_version = "failed", ""
     lineage: tuple[str | None, str | None] = (None, None)
+    model_seconds = 0.0  # time in the model task: the pipeline's overhead is what the wall time adds to it
     try:
         models = Models.load(settings, params.model_id, params.strategy)  # once per process; fails before any work
         model_id, checkpoint_sha = str(models.segmenter.model_id), str(models.segmenter.checkpoint_sha256)
@@ -87,12 +89,13 @@ def prelabel_flow(
         progress = create_progress_artifact(0.0, description=f"prelabel {source}")
         fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
         imports: list[PrefectFuture[ops.StageReport]] = []
-        model_seconds = 0.0
+        if batches:
+            fetched[0] = fetch_batch.submit(settings, catalog_url, run_id, batches[0])
+        shown = time.monotonic()
         for k in range(len(batches)):
-            for ahead in (k, k + 1):  # prefetch the next batch while this one is on the model
-                if ahead < len(batches) and ahead not in fetched:
-                    fetched[ahead] = fetch_batch.submit(settings, catalog_url, run_id, batches[ahead])
             got = fetched.pop(k).result()
+            if k + 1 < len(batches):  # download batch k+1 while batch k is on the model (not before: k goes first)
+                fetched[k + 1] = fetch_batch.submit(settings, catalog_url, run_id, batches[k + 1])
             counts["failed"] += len(got.failed)
             seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
             model_seconds += seg.seconds
@@ -103,7 +106,9 @@ def prelabel_flow(
             imports.append(
                 import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])  # type: ignore[call-overload]
             )
-            update_progress_artifact(progress, 100.0 * (k + 1) / len(batches))  # type: ignore[arg-type]
+            if k + 1 == len(batches) or time.monotonic() - shown >= PROGRESS_EVERY_S:  # an API call: not per batch
+                update_progress_artifact(progress, 100.0 * (k + 1) / len(batches))  # type: ignore[arg-type]
+                shown = time.monotonic()
             progress_log.info(
                 "batch %d/%d", k + 1, len(batches), extra={"done": k + 1, "total": len(batches), "assets": len(todo)}
             )
@@ -112,7 +117,11 @@ def prelabel_flow(
         status = "completed"
     finally:
         elapsed = time.perf_counter() - started
-        timings = {"seconds": round(elapsed, 3), "assets_per_s": round(counts["done"] / elapsed, 3) if elapsed else 0.0}
+        timings = {
+            "seconds": round(elapsed, 3),
+            "model_seconds": round(model_seconds, 3),
+            "assets_per_s": round(counts["done"] / elapsed, 3) if elapsed else 0.0,
+        }
         ops.finish_run(catalog, run_id, status, counts, timings, *lineage)
         catalog.dispose()
     create_table_artifact(

@@ -5,12 +5,22 @@
 of that deployment's pool pick them up, one GPU each) or, without a deployment, in-process as a subflow per unit.
 ``prelabel-unit`` claims its unit with a lease (renewed by a heartbeat while it works), runs the same batch pipeline
 as ``prelabel`` (fetch → segment → import, overlapped) on the unit's assets and marks the unit done. A unit whose
-lease is held by a live worker is skipped; a dead worker's unit becomes free when its lease expires and is dispatched
-again by the next fan-out.
+lease is held by a live worker is skipped.
+
+Takeover: a worker that dies (machine lost, process killed) stops renewing; once its lease expires the unit is free
+again, and the next fan-out of the same source (or of a prefix above it) dispatches it anew. The new flow run claims
+it (``attempts`` + 1), skips the assets the dead worker already finished (they are no longer ``new``) and imports
+nothing twice (Label Studio imports are decided by the catalog). Recovery takes at most the lease TTL plus the
+fan-out's schedule interval. A unit that already has a dispatched run waiting to start is not dispatched again.
+
+The lease owner names the flow run, the Prefect worker that started it (``PREFECT__WORKER_NAME``, set by Prefect's
+workers for their flow runs) and the host and pid of the process, so the catalog says who holds or finished a unit.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -52,6 +62,15 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
 
 def _flow_run_id() -> str:
     return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+
+
+def lease_owner(flow_run_id: str) -> str:
+    """``flow-run/<id> worker/<name> pid/<host>:<pid>`` (``worker/`` only when a Prefect worker started the run)."""
+    parts = [f"flow-run/{flow_run_id}"]
+    if worker := os.environ.get("PREFECT__WORKER_NAME"):
+        parts.append(f"worker/{worker}")
+    parts.append(f"pid/{socket.gethostname()}:{os.getpid()}")
+    return " ".join(parts)[:255]
 
 
 def _gpu(gpu_limit: str | None) -> AbstractContextManager[Any]:
@@ -139,7 +158,7 @@ def prelabel_unit_flow(
     config = leases.LeaseConfig(ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
     catalog_url = settings.resolved_database_url
     catalog = Catalog(catalog_url)
-    owner = f"flow-run/{_flow_run_id()}"
+    owner = lease_owner(_flow_run_id())
     try:
         lease = leases.claim(catalog, owner, config.ttl_s, unit_id=unit_id)
         if lease is None:
@@ -160,7 +179,10 @@ def _work_on(
 ) -> dict[str, Any]:
     logger = get_run_logger()
     run_id = ops.start_run(
-        catalog, "prelabel-unit", {"unit_id": lease.unit_id, "source": params.source}, _flow_run_id()
+        catalog,
+        "prelabel-unit",
+        {"unit_id": lease.unit_id, "source": params.source, "lease_owner": lease.owner, "attempt": lease.attempt},
+        _flow_run_id(),
     )
     started = time.perf_counter()
     counts: dict[str, int] = {"assets": 0}
@@ -217,8 +239,10 @@ def prelabel_fanout_flow(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Shard the pending assets of ``source`` into units of ``unit_size`` and run one ``prelabel-unit`` per free
-    unit: through ``deployment_name`` (e.g. ``"prelabel-unit/prelabel-unit-gpu"``; returns once they are scheduled)
-    or in-process one after another when it is None (returns their results)."""
+    unit at or under ``source`` (new ones, and those whose holder's lease expired): through ``deployment_name``
+    (e.g. ``"prelabel-unit/prelabel-unit-gpu"``; returns once they are scheduled, leaving out units that already
+    have a run of that deployment waiting to start) or in-process one after another when it is None (returns their
+    results). ``source`` may be a single object (``prelabel-on-upload``): it is then a unit of its own."""
     settings = settings or Settings()
     logger = get_run_logger()
     options = {k: v for k, v in locals().items() if k in PIPELINE_DEFAULTS}
@@ -238,6 +262,10 @@ def prelabel_fanout_flow(
     if deployment_name:
         from prefect.deployments import run_deployment
 
+        queued = _queued_units(deployment_name) & set(units)
+        if queued:
+            logger.info("%d units already have a run waiting to start: not dispatched again", len(queued))
+            units = [u for u in units if u not in queued]
         runs = [
             run_deployment(
                 deployment_name,
@@ -248,6 +276,46 @@ def prelabel_fanout_flow(
             )
             for unit in units
         ]
-        return {"units": units, "new_units": new_units, "flow_runs": [str(r.id) for r in runs]}  # type: ignore[union-attr]
+        return {
+            "units": units,
+            "new_units": new_units,
+            "already_queued": sorted(queued),
+            "flow_runs": [str(r.id) for r in runs],  # type: ignore[union-attr]
+        }
     results = [prelabel_unit_flow(unit, source, settings=settings, **options) for unit in units]
     return {"units": units, "new_units": new_units, "results": results}
+
+
+def _queued_units(deployment_name: str, page: int = 200) -> set[int]:
+    """Unit ids of the runs of ``deployment_name`` that wait to start (state type SCHEDULED: scheduled, late,
+    awaiting a concurrency slot or a retry): each will claim its unit, so dispatching it again would only add a run
+    that finds the unit taken. Started runs do not count: a live one holds its unit's lease (the unit is not free),
+    and one whose process died stays RUNNING in Prefect while its expired lease makes the unit free for takeover."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    queued: set[int] = set()
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name)
+        waiting = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+        offset = 0
+        while True:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=waiting,
+                sort=FlowRunSort.ID_DESC,
+                limit=page,
+                offset=offset,
+            )
+            queued.update(int(r.parameters["unit_id"]) for r in runs if "unit_id" in r.parameters)
+            if len(runs) < page:
+                return queued
+            offset += page

@@ -231,3 +231,58 @@ def priors_from_coco(coco: Mapping[str, Any], image_ids: Sequence[int]) -> list[
             )
         )
     return out
+
+
+def resegment(
+    segmenter: Segmenter, embeddings: Any, index: int, previous: Instances, prompt_batch: int = 256
+) -> Instances:
+    """``previous`` instances of image ``index`` decoded again by ``segmenter`` from the prompts that made them.
+
+    Boxes in the lineage (box, prior and text prompts) are re-prompted as boxes; grid and point prompts as points
+    (three candidates, the best by predicted IoU kept); anything else (mask prompts, human masks) from its previous
+    mask as a mask prompt. Order, labels, detector scores and track ids are kept; the lineage names the new model.
+    """
+    n = len(previous)
+    height, width = previous.image_size
+    if n == 0:
+        return Instances.empty(height, width)
+    kinds: list[str] = []
+    boxes = np.zeros((n, 4), np.float32)
+    points = np.zeros((n, 1, 2), np.float32)
+    for i, prompt in enumerate(previous.prompts or []):
+        params = prompt.params if isinstance(prompt.params, Mapping) else {}
+        if params.get("box") is not None and len(params["box"]) == 4:
+            kinds.append("box")
+            boxes[i] = np.asarray(params["box"], np.float32)
+        elif params.get("point") is not None or params.get("points"):
+            kinds.append("point")
+            point = params.get("point") or params["points"][0]
+            points[i, 0] = np.asarray(point, np.float32)[:2]
+        else:
+            kinds.append("mask")
+    kind_arr = np.asarray(kinds)
+    masks = np.zeros((n, height, width), bool)
+    scores = np.zeros((n,), np.float32)
+    stability = np.zeros((n,), np.float32)
+    for kind in ("box", "point", "mask"):
+        sel = np.nonzero(kind_arr == kind)[0]
+        if sel.size == 0:
+            continue
+        if kind == "box":
+            out = segmenter.predict(embeddings[index], boxes=boxes[sel], prompt_batch=prompt_batch)[0]
+        elif kind == "point":
+            out = segmenter.predict(embeddings[index], points=points[sel], multimask=True, prompt_batch=prompt_batch)[0]
+        else:
+            mask_inputs = masks_to_mask_inputs(previous.masks[sel], segmenter.mask_input_size)
+            out = segmenter.predict(embeddings[index], mask_inputs=mask_inputs, prompt_batch=prompt_batch)[0]
+        masks[sel], scores[sel], stability[sel] = out.masks, out.scores, out.stability
+    prompts = [Prompt(p.kind, dict(p.params), segmenter.model_version) for p in previous.prompts or []]
+    return Instances(
+        masks=masks,
+        labels=previous.labels,
+        scores=scores,
+        stability=stability,
+        detector_scores=previous.detector_scores,
+        prompts=prompts,
+        track_ids=previous.track_ids,
+    )

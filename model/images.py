@@ -55,6 +55,40 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return array
 
 
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def probe_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of the upright image from its header alone (no pixel decoding), with the same refusals as
+    :func:`decode_image` for unreadable, empty and oversized images. A file whose pixels are corrupt past its header
+    passes here and fails in :func:`decode_image`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadMediaError(name, f"expected image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise BadMediaError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as exc:
+        raise BadMediaError(name, f"image exceeds Pillow's decompression-bomb limit ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise BadMediaError(name, f"not a decodable image ({exc.__class__.__name__}: {exc})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise BadMediaError(name, f"corrupt or truncated image ({exc.__class__.__name__}: {exc})") from exc
+    if width < 1 or height < 1:
+        raise BadMediaError(name, f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise BadMediaError(
+            name, f"image of {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
+        )
+    return (width, height) if orientation in _SWAPS_AXES else (height, width)
+
+
 def _to_rgb_uint8(image: object) -> np.ndarray:
     from PIL import Image
 

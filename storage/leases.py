@@ -116,9 +116,18 @@ def _shard_once(session: Session, source: str, asset_ids: Sequence[int], unit_si
 
 
 def free_unit_ids(catalog: Catalog, source: str, now: datetime | None = None) -> list[int]:
-    """Pending units of ``source`` that nobody holds right now (new ones, released ones, dead workers' ones)."""
+    """Pending units at or under ``source`` that nobody holds right now (new ones, released ones, dead workers' ones).
+
+    "Under": a unit whose source starts with ``source``, e.g. the one-object unit ``s3://b/in/x.png`` of an
+    on-upload run is free for the fan-out of ``s3://b/in/`` to re-dispatch once its holder's lease expired.
+    """
+    stmt = (
+        select(WorkUnit.id)
+        .where(_free(now or utcnow()), WorkUnit.source.startswith(source, autoescape=True))
+        .order_by(WorkUnit.id)
+    )
     with catalog.session() as session:
-        return list(session.scalars(_candidates(now or utcnow(), None, source)))
+        return list(session.scalars(stmt))
 
 
 def claim(

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     model_id: str = "facebook/sam2.1-hiera-tiny"
     detector_id: str = "IDEA-Research/grounding-dino-tiny"
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="torch intra-op threads of a worker; default: torch's (all cores). On a CPU-only worker, "
+        "cores minus one leaves a core to the download and Label Studio import threads.",
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -34,6 +34,10 @@ class Models:
     def load(cls, settings: Settings, model_id: str, strategy: str) -> Models:
         from model.cache import get_segmenter
 
+        if settings.cpu_threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.cpu_threads)
         return cls(settings, model_id, strategy, get_segmenter(resolve_model_id(model_id), device=device_of(settings)))
 
     @property

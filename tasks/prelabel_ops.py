@@ -167,9 +167,10 @@ def _probe(path: Path, asset: Asset) -> dict[str, Any]:
     data = path.read_bytes() if asset.media_type == "image" else None
     sha = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(path)
     if asset.media_type == "image":
-        from model.images import decode_image
+        from model.images import probe_image
 
-        height, width = decode_image(data or b"", asset.uri).shape[:2]
+        # header only: the pixels are decoded once, by the model step, which also records the decoded size
+        height, width = probe_image(data or b"", asset.uri)
         return {"sha256": sha, "width": width, "height": height, "frames": 1}
     from model.video import probe_video
 
@@ -261,6 +262,10 @@ def segment(
     report.instances = sum(r.num_instances for r in rows)
     with catalog.session() as session:
         session.add_all(rows)
+        for asset, image in images:  # the decoded size is the truth the masks are stored at
+            row = session.get(Asset, asset.id)
+            if row is not None and (row.height, row.width) != image.shape[:2]:
+                row.height, row.width = image.shape[:2]
     record_failures(catalog, run_id, "segment", report.failed)
     return report
 

@@ -62,7 +62,19 @@ def test_fanout_dispatches_to_the_unit_deployment_on_the_gpu_pool() -> None:
     flow_name = "prelabel-unit"
     assert BY_NAME["prelabel"]["parameters"]["deployment_name"] == f"{flow_name}/{unit['name']}"
     assert unit["work_pool"]["name"] == "maskloop-gpu"
-    assert "active-learning" not in BY_NAME, "no active-learning flow exists yet"
+
+
+def test_active_learning_runs_weekly_after_the_nightly_harvest_on_the_gpu_pool_one_at_a_time() -> None:
+    from prefect.schedules import Cron
+
+    deployment = BY_NAME["active-learning"]
+    (schedule,) = deployment["schedules"]
+    assert (schedule["cron"], schedule["timezone"]) == ("0 4 * * 1", "UTC")
+    Cron(schedule["cron"], timezone=schedule["timezone"])  # parses
+    assert deployment["work_pool"]["name"] == "maskloop-gpu"
+    assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert deployment["parameters"]["gpu_limit"] == "gpu"
+    assert deployment["parameters"]["project"] == BY_NAME["harvest"]["parameters"]["project"]
 
 
 # -- work pools -----------------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ class FinetuneConfig:
     progress. Mask losses are computed at ``loss_size`` pixels (default: the input size). The best checkpoint by
     held-out prompt IoU goes to ``best_dir`` (default ``out_dir / "best"``), only once the mean of box and point
     IoU exceeds ``best_to_beat`` (so a run can train into a directory that already holds a good checkpoint).
+    ``cache_image_features`` (needs a frozen ``image_encoder``) memoises the encoder's output per distinct training
+    image (up to ``cache_max_images``): for a fixed dataset such as a :class:`~model.finetune.data.CocoSource`,
+    decoder-only steps then skip the encoder (about 2x faster on CPU); fresh synthetic images never hit the cache.
     """
 
     out_dir: Path
@@ -58,6 +61,8 @@ class FinetuneConfig:
     tie_positional_embeddings: bool = True
     torch_init: bool = True
     align_prompt_attention: bool = False
+    cache_image_features: bool = False
+    cache_max_images: int = 4096
     best_to_beat: float = -1.0
     best_dir: Path | None = None
     extra_card: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +93,10 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.corrective_rounds must be >= 0, got {self.corrective_rounds}")
         if self.loss_size is not None and self.loss_size < 8:
             raise ValueError(f"FinetuneConfig.loss_size must be >= 8 or None (input size), got {self.loss_size}")
+        if self.cache_image_features and "image_encoder" not in self.freeze:
+            raise ValueError("FinetuneConfig.cache_image_features needs freeze to include 'image_encoder'")
+        if self.cache_max_images < 1:
+            raise ValueError(f"FinetuneConfig.cache_max_images must be >= 1, got {self.cache_max_images}")
         if self.budget_s is not None and self.budget_s <= 0:
             raise ValueError(f"FinetuneConfig.budget_s must be > 0 or None, got {self.budget_s}")
 

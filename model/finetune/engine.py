@@ -4,10 +4,12 @@ periodic held-out evaluation and best-checkpoint saving."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from model.finetune.losses import mask_losses
 from model.finetune.modelio import (
     build_model,
     decode,
+    finish_features,
     image_features,
     image_size,
     load_model,
@@ -63,6 +66,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     if not params:
         raise ValueError(f"FinetuneConfig.freeze={config.freeze} leaves nothing to train")
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    cache = _EncoderCache(config.cache_max_images) if config.cache_image_features else None
     size = image_size(model)
     eval_source = config.eval_data if config.eval_data is not None else config.data
     eval_rng = np.random.default_rng([config.seed, 0xE7A1])
@@ -121,7 +125,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             group["lr"] = lr
         batch = [config.data.sample(rng, p) for _ in range(config.batch_size)]
         with amp:
-            loss, stats = _step_loss(model, batch, config, rng, device, size)
+            loss, stats = _step_loss(model, batch, config, rng, device, size, cache)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -156,6 +160,7 @@ def _step_loss(
     rng: np.random.Generator,
     device: torch.device,
     size: int,
+    cache: _EncoderCache | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch: K objects per image, a box or a click each, then ``corrective_rounds`` extra clicks."""
     images, targets, owners = [], [], []
@@ -169,7 +174,12 @@ def _step_loss(
         owners += [i] * len(picks)
     if not targets:
         raise ValueError("a training batch had no object with a non-empty mask")
-    feats = image_features(model, to_pixel_values(images, device), encoder_grad="image_encoder" not in config.freeze)
+    if cache is not None:
+        feats = cache.features(model, images, device)
+    else:
+        feats = image_features(
+            model, to_pixel_values(images, device), encoder_grad="image_encoder" not in config.freeze
+        )
     target_np = np.stack(targets)
     target = torch.from_numpy(target_np).to(device).float()
     owner = torch.tensor(owners, dtype=torch.long, device=device)
@@ -235,6 +245,33 @@ def _step_loss(
                 click_labels[j].append(lab)
     stats["iou"] = stats.get("iou_r0", float("nan"))
     return total, stats
+
+
+class _EncoderCache:
+    """Frozen image-encoder outputs per distinct image (keyed by its bytes), least recently used evicted first."""
+
+    def __init__(self, max_images: int) -> None:
+        self.max_images = max_images
+        self._store: OrderedDict[bytes, list[torch.Tensor]] = OrderedDict()
+
+    def features(self, model: torch.nn.Module, images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        keys = [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in images]
+        missing: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._store and key not in missing:
+                missing[key] = i
+        if missing:
+            with torch.no_grad():
+                pixels = to_pixel_values([images[i] for i in missing.values()], device)
+                vision = model.vision_encoder(pixels, return_dict=True)  # type: ignore[operator]
+            for j, key in enumerate(missing):
+                self._store[key] = [f[j : j + 1].detach() for f in vision.fpn_hidden_states]
+        for key in keys:
+            self._store.move_to_end(key)
+        raw = [torch.cat([self._store[k][level] for k in keys]) for level in range(len(self._store[keys[0]]))]
+        while len(self._store) > self.max_images:
+            self._store.popitem(last=False)
+        return finish_features(model, raw)
 
 
 def _card(config: FinetuneConfig, row: dict[str, float], size: int) -> dict[str, Any]:

@@ -77,7 +77,12 @@ def image_features(model: torch.nn.Module, pixel_values: torch.Tensor, *, encode
     """Multi-scale features (high-res first, NCHW) exactly as ``Sam2Model.forward`` feeds its mask decoder."""
     with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
         vision = model.vision_encoder(pixel_values, return_dict=True)
-    feats = list(vision.fpn_hidden_states)
+    return finish_features(model, list(vision.fpn_hidden_states))
+
+
+def finish_features(model: torch.nn.Module, fpn: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mask decoder's inputs from the image encoder's FPN levels (trainable projections, no-memory embedding)."""
+    feats = list(fpn)
     feats[0] = model.mask_decoder.conv_s0(feats[0])
     feats[1] = model.mask_decoder.conv_s1(feats[1])
     feats[-1] = feats[-1] + model.no_memory_embedding.view(1, -1, 1, 1)

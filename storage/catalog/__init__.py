@@ -2,14 +2,18 @@
 
 from storage.catalog.db import Catalog, make_engine, upgrade
 from storage.catalog.models import (
+    ActiveLearningItem,
+    ActiveLearningRound,
     AgreementRow,
     Annotation,
     Asset,
+    AssetEmbedding,
     Base,
     DatasetVersion,
     DatasetVersionItem,
     LabelStudioProject,
     LabelStudioTask,
+    ModelVersion,
     Prediction,
     Run,
     RunFailure,
@@ -18,15 +22,19 @@ from storage.catalog.models import (
 )
 
 __all__ = [
+    "ActiveLearningItem",
+    "ActiveLearningRound",
     "AgreementRow",
     "Annotation",
     "Asset",
+    "AssetEmbedding",
     "Base",
     "Catalog",
     "DatasetVersion",
     "DatasetVersionItem",
     "LabelStudioProject",
     "LabelStudioTask",
+    "ModelVersion",
     "Prediction",
     "Run",
     "RunFailure",

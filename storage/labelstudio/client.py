@@ -31,7 +31,9 @@ class LabelStudioError(RuntimeError):
 class LabelStudioClient:
     """``LabelStudioClient(url, token)``: projects, bulk task import, predictions, task listing."""
 
-    def __init__(self, url: str, token: str, *, timeout_s: float = 300.0, max_attempts: int = 5, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout_s: float = 300.0, max_attempts: int = 5, backoff_s: float = 0.5
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"Label Studio url must start with http:// or https://, got {url!r}")
         if not token:
@@ -56,7 +58,16 @@ class LabelStudioClient:
         self.close()
 
     # -- transport ---------------------------------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None, params: Mapping[str, Any] | None = None, retry: bool = True) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        retry: bool = True,
+    ) -> Any:
         """Send one request; retry connection errors and 429/5xx gateway statuses with exponential backoff.
 
         ``retry=False`` for non-idempotent calls whose duplicate would be harmful when the first attempt may have
@@ -76,7 +87,9 @@ class LabelStudioClient:
                     return resp.json() if resp.content else None
                 if resp.status_code not in RETRY_STATUS or attempt == attempts:
                     raise LabelStudioError(method, path, resp.status_code, resp.text)
-                logger.warning("Label Studio %s %s: HTTP %d; retry %d/%d", method, path, resp.status_code, attempt, attempts - 1)
+                logger.warning(
+                    "Label Studio %s %s: HTTP %d; retry %d/%d", method, path, resp.status_code, attempt, attempts - 1
+                )
             time.sleep(self.backoff_s * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
@@ -85,7 +98,9 @@ class LabelStudioClient:
         projects: list[dict[str, Any]] = []
         page = 1
         while True:
-            data = self.request("GET", "/api/projects/", params={"page": page, "page_size": 100, **({"title": title} if title else {})})
+            data = self.request(
+                "GET", "/api/projects/", params={"page": page, "page_size": 100, **({"title": title} if title else {})}
+            )
             items = data["results"] if isinstance(data, dict) else data
             projects.extend(items)
             if not isinstance(data, dict) or not data.get("next"):
@@ -97,7 +112,9 @@ class LabelStudioClient:
         return self.request("GET", f"/api/projects/{project_id}/")
 
     def create_project(self, title: str, label_config: str, **fields: Any) -> dict[str, Any]:
-        return self.request("POST", "/api/projects/", json_body={"title": title, "label_config": label_config, **fields}, retry=False)
+        return self.request(
+            "POST", "/api/projects/", json_body={"title": title, "label_config": label_config, **fields}, retry=False
+        )
 
     def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
         return self.request("PATCH", f"/api/projects/{project_id}/", json_body=fields)
@@ -108,7 +125,9 @@ class LabelStudioClient:
 
         Not retried: a timeout after Label Studio committed would duplicate tasks; callers reconcile instead.
         """
-        data = self.request("POST", f"/api/projects/{project_id}/import", content=body, params={"return_task_ids": "true"}, retry=False)
+        data = self.request(
+            "POST", f"/api/projects/{project_id}/import", content=body, params={"return_task_ids": "true"}, retry=False
+        )
         return [int(t) for t in data.get("task_ids", [])]
 
     def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -116,14 +135,23 @@ class LabelStudioClient:
 
     def import_predictions(self, project_id: int, predictions: Sequence[Mapping[str, Any]]) -> int:
         """Bulk-create predictions ``{"task", "result", "score", "model_version"}``; returns how many were created."""
-        data = self.request("POST", f"/api/projects/{project_id}/import/predictions", json_body=list(predictions), retry=False)
+        data = self.request(
+            "POST", f"/api/projects/{project_id}/import/predictions", json_body=list(predictions), retry=False
+        )
         return int(data.get("created", 0))
 
-    def iter_tasks(self, project_id: int, *, page_size: int = 500, all_fields: bool = False) -> Iterator[dict[str, Any]]:
+    def iter_tasks(
+        self, project_id: int, *, page_size: int = 500, all_fields: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Every task of a project (id, data, total_annotations, ...; predictions/annotations with ``all_fields``)."""
         page = 1
         while True:
-            params: dict[str, Any] = {"project": project_id, "page": page, "page_size": page_size, "resolve_uri": "false"}
+            params: dict[str, Any] = {
+                "project": project_id,
+                "page": page,
+                "page_size": page_size,
+                "resolve_uri": "false",
+            }
             if all_fields:
                 params["fields"] = "all"
             try:
@@ -148,4 +176,47 @@ class LabelStudioClient:
         return self.request("GET", "/api/predictions/", params={"task": task_id})
 
     def create_annotation(self, task_id: int, result: Sequence[Mapping[str, Any]], **fields: Any) -> dict[str, Any]:
-        return self.request("POST", f"/api/tasks/{task_id}/annotations/", json_body={"result": list(result), **fields}, retry=False)
+        return self.request(
+            "POST", f"/api/tasks/{task_id}/annotations/", json_body={"result": list(result), **fields}, retry=False
+        )
+
+    # -- predictions and views (active learning) ----------------------------------------------------------------------
+    def list_project_predictions(self, project_id: int) -> list[dict[str, Any]]:
+        """Every prediction of a project (id, task, model_version, score, cluster, result)."""
+        data = self.request("GET", "/api/predictions/", params={"project": project_id})
+        return list(data["results"] if isinstance(data, dict) else data)
+
+    def update_prediction(self, prediction_id: int, **fields: Any) -> dict[str, Any]:
+        """PATCH a prediction (e.g. ``score`` and ``cluster``, which Label Studio's uncertainty sampling orders by)."""
+        return self.request("PATCH", f"/api/predictions/{prediction_id}/", json_body=fields)
+
+    def list_views(self, project_id: int) -> list[dict[str, Any]]:
+        data = self.request("GET", "/api/dm/views/", params={"project": project_id})
+        return list(data["results"] if isinstance(data, dict) else data)
+
+    def create_view(self, project_id: int, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A data-manager tab (``data``: title, filters, ordering ...)."""
+        body = {"project": project_id, "data": dict(data)}
+        return self.request("POST", "/api/dm/views/", json_body=body, retry=False)
+
+    def update_view(self, view_id: int, project_id: int, data: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", f"/api/dm/views/{view_id}/", json_body={"project": project_id, "data": dict(data)})
+
+    def view_task_ids(self, project_id: int, view_id: int, page_size: int = 500) -> list[int]:
+        """Ids of the tasks a data-manager view shows, in its order."""
+        ids: list[int] = []
+        page = 1
+        while True:
+            params: dict[str, Any] = {"project": project_id, "view": view_id, "page": page, "page_size": page_size}
+            params["fields"] = "task_only"
+            try:
+                data = self.request("GET", "/api/tasks/", params=params)
+            except LabelStudioError as exc:
+                if exc.status == 404:
+                    return ids
+                raise
+            tasks = data.get("tasks", []) if isinstance(data, dict) else data
+            ids += [int(t["id"]) for t in tasks]
+            if len(tasks) < page_size:
+                return ids
+            page += 1

@@ -43,17 +43,22 @@ def _check_classes(classes: Sequence[str]) -> list[str]:
 
 
 def _labels_xml(tag: str, name: str, to_name: str, classes: Sequence[str], extra: str = "") -> str:
-    inner = "".join(f"\n    <Label value={quoteattr(c)} background={quoteattr(_color(i, len(classes)))}/>" for i, c in enumerate(classes))
+    inner = "".join(
+        f"\n    <Label value={quoteattr(c)} background={quoteattr(_color(i, len(classes)))}/>"
+        for i, c in enumerate(classes)
+    )
     return f'  <{tag} name="{name}" toName="{to_name}"{extra}>{inner}\n  </{tag}>'
 
 
-def image_label_config(classes: Sequence[str], *, brush: bool = True, polygons: bool = False, rectangles: bool = False) -> str:
+def image_label_config(
+    classes: Sequence[str], *, brush: bool = True, polygons: bool = False, rectangles: bool = False
+) -> str:
     """``<Image name="image" value="$image">`` with BrushLabels ``brush`` (+ PolygonLabels ``polygon``,
     RectangleLabels ``rect``)."""
     names = _check_classes(classes)
     if not (brush or polygons or rectangles):
         raise ValueError("image label config needs at least one of brush, polygons, rectangles")
-    parts = ['<View>', '  <Image name="image" value="$image" zoom="true" zoomControl="true"/>']
+    parts = ["<View>", '  <Image name="image" value="$image" zoom="true" zoomControl="true"/>']
     if brush:
         parts.append(_labels_xml("BrushLabels", "brush", "image", names))
     if polygons:
@@ -119,7 +124,9 @@ class LabelConfig:
         return next(iter(self.objects.values()))
 
     def _video_labels(self, to_name: str) -> frozenset[str]:
-        return frozenset().union(*(c.labels for c in self.controls.values() if c.tag == "Labels" and c.to_name == to_name))
+        return frozenset().union(
+            *(c.labels for c in self.controls.values() if c.tag == "Labels" and c.to_name == to_name)
+        )
 
     def validate_result(self, result: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` naming the region when a result would be dropped or mis-shown by Label Studio."""
@@ -127,12 +134,18 @@ class LabelConfig:
         from_name, to_name, rtype = result.get("from_name"), result.get("to_name"), str(result.get("type", ""))
         control = self.controls.get(str(from_name))
         if control is None:
-            raise ValueError(f"result {rid!r}: from_name {from_name!r} is not a control tag of the config; expected one of {sorted(self.controls)}")
+            raise ValueError(
+                f"result {rid!r}: from_name {from_name!r} is not a control tag of the config; expected one of {sorted(self.controls)}"
+            )
         if to_name != control.to_name or to_name not in self.objects:
-            raise ValueError(f"result {rid!r}: to_name {to_name!r} does not match control {control.name!r} (expected {control.to_name!r})")
+            raise ValueError(
+                f"result {rid!r}: to_name {to_name!r} does not match control {control.name!r} (expected {control.to_name!r})"
+            )
         expected_type = "videorectangle" if control.tag == "VideoRectangle" else _LABEL_TAGS[control.tag]
         if rtype.lower() != expected_type:
-            raise ValueError(f"result {rid!r}: type {rtype!r} does not match control {control.name!r} (expected {expected_type!r})")
+            raise ValueError(
+                f"result {rid!r}: type {rtype!r} does not match control {control.name!r} (expected {expected_type!r})"
+            )
         value = result.get("value")
         if not isinstance(value, Mapping):
             raise ValueError(f"result {rid!r}: 'value' must be a dict, got {type(value).__name__}")
@@ -146,7 +159,9 @@ class LabelConfig:
                 raise ValueError(f"result {rid!r}: value.{expected_type} must list one label, got {labels!r}")
         unknown = [lab for lab in labels or [] if lab not in allowed]
         if unknown:
-            raise ValueError(f"result {rid!r}: unknown label(s) {unknown!r} for control {control.name!r}; expected one of {sorted(allowed)}")
+            raise ValueError(
+                f"result {rid!r}: unknown label(s) {unknown!r} for control {control.name!r}; expected one of {sorted(allowed)}"
+            )
         if expected_type == "brushlabels" and (value.get("format") != "rle" or not isinstance(value.get("rle"), list)):
             raise ValueError(f"result {rid!r}: brush value must have format 'rle' and an 'rle' list of ints")
         if expected_type in ("brushlabels", "polygonlabels", "rectanglelabels"):

@@ -128,7 +128,9 @@ def brush_rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray
 
 
 # -- Instances -> results ----------------------------------------------------------------------------------------
-def _base(rid: str, kind: str, from_name: str, to_name: str, height: int, width: int, score: float | None) -> dict[str, Any]:
+def _base(
+    rid: str, kind: str, from_name: str, to_name: str, height: int, width: int, score: float | None
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "id": rid,
         "type": kind,
@@ -145,7 +147,13 @@ def _base(rid: str, kind: str, from_name: str, to_name: str, height: int, width:
 
 def box_to_percent(box: Sequence[float], height: int, width: int) -> dict[str, float]:
     x1, y1, x2, y2 = (float(v) for v in box)
-    return {"x": 100.0 * x1 / width, "y": 100.0 * y1 / height, "width": 100.0 * (x2 - x1) / width, "height": 100.0 * (y2 - y1) / height, "rotation": 0.0}
+    return {
+        "x": 100.0 * x1 / width,
+        "y": 100.0 * y1 / height,
+        "width": 100.0 * (x2 - x1) / width,
+        "height": 100.0 * (y2 - y1) / height,
+        "rotation": 0.0,
+    }
 
 
 def instances_to_results(
@@ -193,11 +201,15 @@ def _result_size(result: Mapping[str, Any], height: int | None, width: int | Non
     h = int(result.get("original_height") or height or 0)
     w = int(result.get("original_width") or width or 0)
     if h <= 0 or w <= 0:
-        raise ValueError(f"Label Studio result {result.get('id')!r} has no original_width/original_height and no size was given")
+        raise ValueError(
+            f"Label Studio result {result.get('id')!r} has no original_width/original_height and no size was given"
+        )
     return h, w
 
 
-def result_to_mask(result: Mapping[str, Any], height: int | None = None, width: int | None = None) -> tuple[str, np.ndarray]:
+def result_to_mask(
+    result: Mapping[str, Any], height: int | None = None, width: int | None = None
+) -> tuple[str, np.ndarray]:
     """(label, (H, W) bool mask) of one brush, polygon or rectangle result."""
     from model.masks import polygons_to_mask
 
@@ -206,7 +218,9 @@ def result_to_mask(result: Mapping[str, Any], height: int | None = None, width: 
     h, w = _result_size(result, height, width)
     labels = value.get(kind) or []
     if len(labels) != 1:
-        raise ValueError(f"Label Studio result {result.get('id')!r} must carry exactly one {kind} label, got {labels!r}")
+        raise ValueError(
+            f"Label Studio result {result.get('id')!r} must carry exactly one {kind} label, got {labels!r}"
+        )
     if kind == BRUSH:
         if value.get("format", "rle") != "rle" or "rle" not in value:
             raise ValueError(f"brush result {result.get('id')!r} must have format 'rle' and an 'rle' list")
@@ -222,7 +236,9 @@ def result_to_mask(result: Mapping[str, Any], height: int | None = None, width: 
         mask = np.zeros((h, w), bool)
         mask[max(0, round(y1)) : min(h, round(y2)), max(0, round(x1)) : min(w, round(x2))] = True
         return labels[0], mask
-    raise ValueError(f"Label Studio result {result.get('id')!r} has unsupported type {kind!r}; expected one of {BRUSH}, {POLYGON}, {RECTANGLE}")
+    raise ValueError(
+        f"Label Studio result {result.get('id')!r} has unsupported type {kind!r}; expected one of {BRUSH}, {POLYGON}, {RECTANGLE}"
+    )
 
 
 def results_to_instances(results: Iterable[Mapping[str, Any]], height: int, width: int) -> Instances:
@@ -233,7 +249,9 @@ def results_to_instances(results: Iterable[Mapping[str, Any]], height: int, widt
             continue
         label, mask = result_to_mask(result, height, width)
         if mask.shape != (height, width):
-            raise ValueError(f"Label Studio result {result.get('id')!r} is {mask.shape}, the image is {(height, width)}")
+            raise ValueError(
+                f"Label Studio result {result.get('id')!r} is {mask.shape}, the image is {(height, width)}"
+            )
         masks.append(mask)
         labels.append(label)
     if not masks:

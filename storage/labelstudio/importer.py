@@ -99,7 +99,9 @@ def ensure_project(
         raise ValueError(f"media_kind must be one of {MEDIA_KINDS}, got {media_kind!r}")
     label_config = label_config_for(media_kind, classes, **config_options)
     with catalog.session() as session:
-        row = session.scalar(select(LabelStudioProject).where(LabelStudioProject.ls_url == client.url, LabelStudioProject.name == name))
+        row = session.scalar(
+            select(LabelStudioProject).where(LabelStudioProject.ls_url == client.url, LabelStudioProject.name == name)
+        )
         if row is not None:
             if row.media_kind != media_kind:
                 raise ValueError(f"Label Studio project {name!r} holds {row.media_kind} tasks, asked for {media_kind}")
@@ -110,7 +112,9 @@ def ensure_project(
         existing = client.list_projects(title=name)  # created by a run that crashed before its commit
         if existing:
             ls_project = existing[0]
-            client.update_project(ls_project["id"], label_config=label_config, sampling=UNCERTAINTY_SAMPLING, show_collab_predictions=True)
+            client.update_project(
+                ls_project["id"], label_config=label_config, sampling=UNCERTAINTY_SAMPLING, show_collab_predictions=True
+            )
         else:
             ls_project = client.create_project(
                 name,
@@ -120,7 +124,12 @@ def ensure_project(
                 show_collab_predictions=True,
             )
         row = LabelStudioProject(
-            ls_url=client.url, name=name, ls_project_id=int(ls_project["id"]), media_kind=media_kind, classes=list(classes), label_config=label_config
+            ls_url=client.url,
+            name=name,
+            ls_project_id=int(ls_project["id"]),
+            media_kind=media_kind,
+            classes=list(classes),
+            label_config=label_config,
         )
         session.add(row)
         session.flush()
@@ -139,7 +148,9 @@ def _results_for(item: ImportItem, config: LabelConfig) -> list[dict[str, Any]]:
         to_name = next(iter(config.objects))
         tags = {c.tag: c.name for c in config.controls.values() if c.to_name == to_name}
         if not {"BrushLabels", "PolygonLabels", "RectangleLabels"} & set(tags):
-            raise ValueError(f"asset {item.asset_id}: Instances need an image project with brush/polygon/rectangle tags")
+            raise ValueError(
+                f"asset {item.asset_id}: Instances need an image project with brush/polygon/rectangle tags"
+            )
         results = instances_to_results(
             item.results,
             to_name=to_name,
@@ -171,7 +182,12 @@ def _prediction(item: ImportItem, results: list[dict[str, Any]]) -> dict[str, An
 
 
 def _task_json(item: ImportItem, results: list[dict[str, Any]], data_key: str) -> bytes:
-    data = {data_key: item.media_url, ASSET_KEY: item.asset_id, FRAME_KEY: item.frame_index, VERSION_KEY: item.model_version}
+    data = {
+        data_key: item.media_url,
+        ASSET_KEY: item.asset_id,
+        FRAME_KEY: item.frame_index,
+        VERSION_KEY: item.model_version,
+    }
     return json.dumps({"data": data, "predictions": [_prediction(item, results)]}, separators=(",", ":")).encode()
 
 
@@ -195,17 +211,23 @@ def _batches(blobs: Sequence[bytes], max_bytes: int, max_tasks: int) -> list[lis
 def _known_tasks(catalog: Catalog, project: LabelStudioProject) -> dict[tuple[int, int], tuple[int, str | None]]:
     with catalog.session() as session:
         rows = session.execute(
-            select(LabelStudioTask.asset_id, LabelStudioTask.frame_index, LabelStudioTask.ls_task_id, LabelStudioTask.last_model_version).where(
-                LabelStudioTask.project_id == project.id
-            )
+            select(
+                LabelStudioTask.asset_id,
+                LabelStudioTask.frame_index,
+                LabelStudioTask.ls_task_id,
+                LabelStudioTask.last_model_version,
+            ).where(LabelStudioTask.project_id == project.id)
         ).all()
     return {(a, f): (t, v) for a, f, t, v in rows}
 
 
-def _record_tasks(catalog: Catalog, project: LabelStudioProject, rows: Iterable[tuple[tuple[int, int], int, str]]) -> None:
+def _record_tasks(
+    catalog: Catalog, project: LabelStudioProject, rows: Iterable[tuple[tuple[int, int], int, str]]
+) -> None:
     with catalog.session() as session:
         session.add_all(
-            LabelStudioTask(asset_id=a, frame_index=f, project_id=project.id, ls_task_id=t, last_model_version=v) for (a, f), t, v in rows
+            LabelStudioTask(asset_id=a, frame_index=f, project_id=project.id, ls_task_id=t, last_model_version=v)
+            for (a, f), t, v in rows
         )
 
 
@@ -231,7 +253,13 @@ def reconcile(client: LabelStudioClient, catalog: Catalog, project: LabelStudioP
             continue
         key = (int(data[ASSET_KEY]), int(data.get(FRAME_KEY, -1)))
         if key in known:
-            logger.warning("Label Studio task %s duplicates asset %s frame %s (task %s); leaving it", task["id"], key[0], key[1], known[key][0])
+            logger.warning(
+                "Label Studio task %s duplicates asset %s frame %s (task %s); leaving it",
+                task["id"],
+                key[0],
+                key[1],
+                known[key][0],
+            )
             continue
         found.append((key, int(task["id"]), str(data.get(VERSION_KEY, ""))))
         known[key] = (int(task["id"]), None)
@@ -246,7 +274,14 @@ def _catalog_behind(client: LabelStudioClient, catalog: Catalog, project: LabelS
     return ls_count > len(_known_tasks(catalog, project))
 
 
-def _post_batch(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, body: bytes, attempts: int, backoff_s: float) -> list[int] | None:
+def _post_batch(
+    client: LabelStudioClient,
+    catalog: Catalog,
+    project: LabelStudioProject,
+    body: bytes,
+    attempts: int,
+    backoff_s: float,
+) -> list[int] | None:
     """POST one batch; on a transport error or 5xx, wait and return None so the caller reconciles and re-sends."""
     for attempt in range(1, attempts + 1):
         try:
@@ -254,7 +289,9 @@ def _post_batch(client: LabelStudioClient, catalog: Catalog, project: LabelStudi
         except (httpx.TransportError, LabelStudioError) as exc:
             if isinstance(exc, LabelStudioError) and exc.status < 500 and exc.status != 429:
                 raise
-            logger.warning("Label Studio import of %d bytes failed (%s); attempt %d/%d", len(body), exc, attempt, attempts)
+            logger.warning(
+                "Label Studio import of %d bytes failed (%s); attempt %d/%d", len(body), exc, attempt, attempts
+            )
             time.sleep(backoff_s * 2 ** (attempt - 1))
             if reconcile(client, catalog, project):
                 return None
@@ -306,7 +343,14 @@ def import_predictions(
                 continue
             if len(task_ids) != len(batch):
                 raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for a batch of {len(batch)}")
-            _record_tasks(catalog, project, ((todo[pending[b]].key, tid, todo[pending[b]].model_version) for b, tid in zip(batch, task_ids, strict=True)))
+            _record_tasks(
+                catalog,
+                project,
+                (
+                    (todo[pending[b]].key, tid, todo[pending[b]].model_version)
+                    for b, tid in zip(batch, task_ids, strict=True)
+                ),
+            )
             created += len(batch)
         if resend:
             known = _known_tasks(catalog, project)
@@ -317,7 +361,9 @@ def import_predictions(
         else:
             pending = []
 
-    refreshed = _refresh(client, catalog, project, [todo[i] for i in old_idx], [results[i] for i in old_idx], max_batch_tasks)
+    refreshed = _refresh(
+        client, catalog, project, [todo[i] for i in old_idx], [results[i] for i in old_idx], max_batch_tasks
+    )
     if set_project_version and todo:
         client.update_project(project.ls_project_id, model_version=todo[-1].model_version)
     report = ImportReport(created=created, skipped=skipped, refreshed=refreshed, reconciled=reconciled, batches=batches)
@@ -325,7 +371,14 @@ def import_predictions(
     return report
 
 
-def _refresh(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, items: Sequence[ImportItem], results: Sequence[list[dict[str, Any]]], batch_size: int) -> int:
+def _refresh(
+    client: LabelStudioClient,
+    catalog: Catalog,
+    project: LabelStudioProject,
+    items: Sequence[ImportItem],
+    results: Sequence[list[dict[str, Any]]],
+    batch_size: int,
+) -> int:
     """Add the new model version's prediction to existing tasks (tasks and their annotations stay untouched)."""
     if not items:
         return 0
@@ -340,7 +393,9 @@ def _refresh(client: LabelStudioClient, catalog: Catalog, project: LabelStudioPr
     return done
 
 
-def refresh_media_urls(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, urls: Mapping[tuple[int, int] | int, str]) -> int:
+def refresh_media_urls(
+    client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, urls: Mapping[tuple[int, int] | int, str]
+) -> int:
     """Replace the media URL of already imported tasks (e.g. re-presigned S3 URLs before the old ones expire).
 
     ``urls`` maps ``(asset_id, frame_index)`` (or a bare asset id for frame -1) to the new URL. Returns the number

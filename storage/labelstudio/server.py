@@ -89,7 +89,11 @@ class Credentials:
 
 
 def _ls_env(data_dir: Path, creds: Credentials | None, ssrf_protection: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "HEARTEX_")) and k not in _LS_UNPREFIXED}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LABEL_STUDIO_", "HEARTEX_")) and k not in _LS_UNPREFIXED
+    }
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
         LABEL_STUDIO_DATABASE_NAME=str(data_dir / DB_NAME),
@@ -199,7 +203,13 @@ class LabelStudioServer:
         self._credentials = Credentials.load_or_create(self.data_dir / CREDENTIALS_NAME)
         port = self.requested_port or free_port()
         log_path = self.data_dir / LOG_NAME
-        self._proc = _launch(self.executable, self.data_dir, port, _ls_env(self.data_dir, self._credentials, self.ssrf_protection), log_path)
+        self._proc = _launch(
+            self.executable,
+            self.data_dir,
+            port,
+            _ls_env(self.data_dir, self._credentials, self.ssrf_protection),
+            log_path,
+        )
         try:
             self.port = _wait_ready(self._proc, log_path, port, self._credentials.token, self.startup_timeout_s)
         except BaseException:
@@ -244,13 +254,35 @@ class LabelStudioServer:
         return _api_ready(url, token)
 
 
-def _launch(executable: Path, data_dir: Path, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    cmd = [str(executable), "start", "--no-browser", "--data-dir", str(data_dir), "--internal-host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+def _launch(
+    executable: Path, data_dir: Path, port: int, env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        str(executable),
+        "start",
+        "--no-browser",
+        "--data-dir",
+        str(data_dir),
+        "--internal-host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "WARNING",
+    ]
     if "LABEL_STUDIO_USERNAME" in env:
         cmd.append("--enable-legacy-api-token")
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=data_dir)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=data_dir,
+        )
     finally:
         log.close()
 
@@ -278,10 +310,16 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, port: int, token:
         found = _PORT_RE.findall(text)
         if found:
             actual = int(found[-1])
-        if "Starting development server" in text and actual is not None and _api_ready(f"http://127.0.0.1:{actual}", token):
+        if (
+            "Starting development server" in text
+            and actual is not None
+            and _api_ready(f"http://127.0.0.1:{actual}", token)
+        ):
             return actual
         time.sleep(0.5)
-    raise TimeoutError(f"Label Studio did not become ready on port {actual or port} within {timeout_s:.0f} s; see {log_path}")
+    raise TimeoutError(
+        f"Label Studio did not become ready on port {actual or port} within {timeout_s:.0f} s; see {log_path}"
+    )
 
 
 def _terminate_group(pid: int, timeout_s: float = 15.0) -> None:

@@ -37,11 +37,14 @@ def test_maskloop_deploy_creates_gpu_limit_pools_and_every_deployment(
             got = client.read_deployment_by_name(f"{flow_name}/{wanted['name']}")
             assert got.work_pool_name == wanted["work_pool"]["name"]
             assert got.parameters == wanted.get("parameters", {})
+            if wanted["work_pool"]["name"] == "maskloop-process":  # flow runs start in the checkout, never a copy
+                assert got.job_variables["working_dir"] == str(ROOT)
             assert len(got.schedules) == len(wanted.get("schedules", []))
             if "concurrency_limit" in wanted:
                 assert got.global_concurrency_limit is not None
                 assert got.global_concurrency_limit.limit == wanted["concurrency_limit"]["limit"]
-        on_upload = client.read_deployment_by_name("prelabel/prelabel-on-upload")
+        (on_upload_spec,) = [d for d in SPEC["deployments"] if d["name"] == "prelabel-on-upload"]
+        on_upload = client.read_deployment_by_name(f"{_flow_name(on_upload_spec['entrypoint'])}/prelabel-on-upload")
         automations = client.read_automations_by_name("prelabel-on-upload__automation_1")
         assert automations, "the s3.object.created trigger was not created"
         assert automations[0].trigger.expect == {"s3.object.created"}  # type: ignore[union-attr]
@@ -85,6 +88,11 @@ def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
         )
     assert sorted(r.parameters["unit_id"] for r in runs) == sorted(result["units"])
     assert {r.parameters["source"] for r in runs} == {f"s3://{bucket}/in/"}
+    # no worker took them yet: the next fan-out finds the same free units, each with a run waiting to start
+    again = prelabel_fanout_flow(
+        f"s3://{bucket}/in/", unit_size=2, deployment_name=f"prelabel-unit/{name}", settings=flow_settings
+    )
+    assert (again["units"], again["already_queued"], again["flow_runs"]) == ([], sorted(result["units"]), [])
 
 
 def test_model_work_holds_one_slot_of_the_strict_gpu_limit_and_fails_without_the_limit(prefect_api: str) -> None:

@@ -162,7 +162,7 @@ def test_upload_becomes_a_prelabel_flow_run_through_the_event_trigger(
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
     from flows.cli import main
-    from flows.prelabel import prelabel_flow
+    from flows.prelabel_fanout import prelabel_fanout_flow
 
     spec = next(
         d
@@ -171,7 +171,8 @@ def test_upload_becomes_a_prelabel_flow_run_through_the_event_trigger(
     )
     (trigger,) = spec["triggers"]
     trigger = {**trigger, "match": {"prefect.resource.id": f"s3://{bucket}/*"}}
-    deployment_id = prelabel_flow.to_deployment(
+    assert spec["entrypoint"] == "flows/prelabel_fanout.py:prelabel_fanout_flow"
+    deployment_id = prelabel_fanout_flow.to_deployment(
         name=f"on-upload-{bucket[-8:]}",
         parameters=spec["parameters"],
         triggers=[DeploymentEventTrigger.model_validate(trigger)],

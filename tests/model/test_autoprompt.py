@@ -352,3 +352,33 @@ def test_get_detector_loads_once_per_key(tmp_path: Path) -> None:
         assert get_detector(str(path), device="cpu") is get_detector(str(path), device="cpu")
     finally:
         clear_cache()
+
+
+def test_resegment_decodes_each_instance_again_from_its_own_prompt_keeping_order_and_labels(seg: Segmenter) -> None:
+    from model.autoprompt import resegment
+
+    image = np.random.default_rng(5).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    masks = np.zeros((3, 40, 48), bool)
+    masks[0, 2:10, 2:10] = masks[1, 20:30, 20:30] = masks[2, 5:15, 30:40] = True
+    previous = Instances(
+        masks=masks,
+        labels=["cat", "dog", "cat"],
+        detector_scores=[0.9, np.nan, np.nan],
+        prompts=[
+            Prompt("text", {"phrase": "cat", "box": [2, 2, 10, 10]}, "old"),
+            Prompt("grid", {"point": [25.0, 25.0]}, "old"),
+            Prompt("human", {}, ""),
+        ],
+    )
+    emb = seg.embed([image])
+    again = resegment(seg, emb, 0, previous)
+    assert again.labels == ["cat", "dog", "cat"] and again.image_size == (40, 48)
+    assert [p.kind for p in again.prompts] == ["text", "grid", "human"]
+    assert {p.model_id for p in again.prompts} == {seg.model_version}
+    np.testing.assert_allclose(again.detector_scores, [0.9, np.nan, np.nan])
+    # the box instance is exactly what a box prompt gives, the point one what a point prompt (best of 3) gives
+    by_box = seg.predict(emb, boxes=np.array([[2, 2, 10, 10]], np.float32))[0]
+    by_point = seg.predict(emb, points=np.array([[[25.0, 25.0]]], np.float32), multimask=True)[0]
+    np.testing.assert_array_equal(again.masks[0], by_box.masks[0])
+    np.testing.assert_array_equal(again.masks[1], by_point.masks[0])
+    assert len(resegment(seg, emb, 0, Instances.empty(40, 48))) == 0

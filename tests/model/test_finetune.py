@@ -218,6 +218,33 @@ def test_decoder_only_finetune_leaves_the_image_encoder_untouched(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
 
 
+def test_cached_encoder_features_train_exactly_like_recomputed_ones(tmp_path):
+    base = build_model(shapes_tiny_model_config(SIZE))
+    base.save_pretrained(tmp_path / "base")
+    runs = {}
+    for cached in (False, True):
+        config = _tiny_config(
+            tmp_path / str(cached),
+            model_config=None,
+            base=tmp_path / "base",
+            freeze=("image_encoder",),
+            steps=6,
+            eval_every_steps=3,
+            cache_image_features=cached,
+        )
+        runs[cached] = finetune(config)
+    assert [r["train_loss"] for r in runs[True].history] == pytest.approx(
+        [r["train_loss"] for r in runs[False].history], rel=1e-5
+    )
+    a, b = load_model(runs[False].best_dir).state_dict(), load_model(runs[True].best_dir).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if a[k].is_floating_point())
+
+
+def test_feature_cache_needs_a_frozen_image_encoder(tmp_path):
+    with pytest.raises(ValueError, match="cache_image_features needs freeze"):
+        _tiny_config(tmp_path, cache_image_features=True)
+
+
 def test_tied_positional_basis_survives_save_and_load(tmp_path):
     model = build_model(shapes_tiny_model_config(SIZE))
     model.save_pretrained(tmp_path)

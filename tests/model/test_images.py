@@ -1,4 +1,5 @@
-"""decode_image: every supported pixel layout becomes (H, W, 3) uint8 RGB as displayed; bad input -> BadMediaError."""
+"""decode_image: every supported pixel layout becomes (H, W, 3) uint8 RGB as displayed; bad input -> BadMediaError.
+probe_image: the same upright size from the header alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from model.errors import BadMediaError
-from model.images import decode_image
+from model.images import decode_image, probe_image
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -123,3 +124,39 @@ def test_bad_bytes_raise_bad_media_error_naming_the_object(data: bytes, reason: 
     with pytest.raises(BadMediaError, match=reason) as info:
         decode_image(data, "key/bad.png")
     assert info.value.name == "key/bad.png" and str(info.value).startswith("key/bad.png: ")
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_probe_image_gives_the_upright_size_decode_image_gives(orientation: int) -> None:
+    image = Image.fromarray(np.zeros((4, 6, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    for fmt in ("PNG", "JPEG"):
+        data = _encode(image, fmt, exif=exif)
+        assert probe_image(data, "o.img") == decode_image(data, "o.img").shape[:2]
+
+
+def test_probe_image_reads_the_header_only_so_corrupt_pixels_pass_it_and_fail_decoding() -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    whole = _encode(Image.fromarray(noise), "JPEG")
+    data = whole[: len(whole) // 2]  # header intact, half of the entropy-coded pixels gone
+    assert probe_image(data, "key/cut.jpg") == (64, 48)
+    with pytest.raises(BadMediaError, match="corrupt or truncated"):
+        decode_image(data, "key/cut.jpg")
+
+
+@pytest.mark.parametrize(
+    ("data", "max_pixels", "reason"),
+    [
+        (b"", 100, "empty file"),
+        (b"definitely not an image", 100, "not a decodable image"),
+        (_encode(Image.new("L", (40, 30)), "PNG"), 1000, r"40x30 = 1200 pixels exceeds max_pixels=1000"),
+        ("a string", 100, "expected image bytes, got str"),
+    ],
+)
+def test_probe_image_refuses_what_decode_image_refuses_from_the_header(
+    data: bytes, max_pixels: int, reason: str
+) -> None:
+    with pytest.raises(BadMediaError, match=reason) as info:
+        probe_image(data, "key/bad.png", max_pixels=max_pixels)
+    assert info.value.name == "key/bad.png"

@@ -19,9 +19,9 @@ from model.synthetic import SyntheticDomain
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights" / "shapes-tiny"
 HELD_OUT_SEEDS = range(2_000_000_000, 2_000_000_006)
 # Regression floors, NOT the bars (0.90 / 0.90 / 0.8): measured with scripts/measure_shapes_tiny.py on the
-# shipped checkpoint (box 0.111, point 0.115, everything recall@0.75 0.091 on these images) minus a margin.
-BOX_FLOOR = 0.08
-POINT_FLOOR = 0.08
+# shipped checkpoint (box 0.183, point 0.186, everything recall@0.75 0.091 on these images) minus a margin.
+BOX_FLOOR = 0.14
+POINT_FLOOR = 0.14
 EVERYTHING_FLOOR = 0.05
 # shapes-tiny's IoU head is not calibrated enough for SAM's 0.88 / 0.95 filters: keep every candidate, rely on NMS
 EVERYTHING_PARAMS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}

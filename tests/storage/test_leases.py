@@ -163,6 +163,25 @@ def test_claim_filters_by_source(catalog: Catalog) -> None:
     assert leases.claim(catalog, "w", 60, source="s3://b/two/") is None
 
 
+def test_free_units_of_a_prefix_include_units_of_objects_under_it_and_nothing_beside_it(catalog: Catalog) -> None:
+    ids = _assets(catalog, 4)
+    (prefix_unit,) = leases.shard_pending(catalog, "s3://b/in/", ids[:1], unit_size=1)
+    (object_unit,) = leases.shard_pending(catalog, "s3://b/in/x_%.png", ids[1:2], unit_size=1)  # LIKE wildcards
+    (other_unit,) = leases.shard_pending(catalog, "s3://b/other/", ids[2:3], unit_size=1)
+    (lookalike,) = leases.shard_pending(catalog, "s3://b/in/xy%.png", ids[3:], unit_size=1)
+    assert leases.free_unit_ids(catalog, "s3://b/in/") == [prefix_unit, object_unit, lookalike]
+    assert leases.free_unit_ids(catalog, "s3://b/in/x_%.png") == [object_unit]
+    held = leases.claim(catalog, "w", 60, unit_id=object_unit, now=T0)
+    assert held is not None
+    assert leases.free_unit_ids(catalog, "s3://b/in/", now=T0) == [prefix_unit, lookalike]
+    assert leases.free_unit_ids(catalog, "s3://b/in/", now=T0 + timedelta(seconds=61)) == [
+        prefix_unit,
+        object_unit,
+        lookalike,
+    ]
+    assert leases.free_unit_ids(catalog, "s3://b/", now=T0) == [prefix_unit, other_unit, lookalike]
+
+
 def test_heartbeat_renews_while_working_and_reports_a_lost_lease(catalog: Catalog) -> None:
     (unit,) = leases.shard_pending(catalog, "s3://b/in/", _assets(catalog, 1), unit_size=1)
     lease = leases.claim(catalog, "w1", 0.6)

@@ -61,7 +61,15 @@ def make_assets(ls_catalog: Catalog) -> Callable[..., list[int]]:
     def make(n: int, media_type: str = "image", width: int = 640, height: int = 480) -> list[int]:
         with ls_catalog.session() as session:
             assets = [
-                Asset(bucket="raw", key=f"{media_type}/{i:05d}", etag=f"etag{i}", size=1000 + i, media_type=media_type, width=width, height=height)
+                Asset(
+                    bucket="raw",
+                    key=f"{media_type}/{i:05d}",
+                    etag=f"etag{i}",
+                    size=1000 + i,
+                    media_type=media_type,
+                    width=width,
+                    height=height,
+                )
                 for i in range(n)
             ]
             session.add_all(assets)

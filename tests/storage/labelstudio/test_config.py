@@ -58,7 +58,14 @@ def test_video_config_has_video_rectangle_and_labels() -> None:
         "type": "videorectangle",
         "from_name": "box",
         "to_name": "video",
-        "value": {"sequence": [{"frame": 1, "x": 1, "y": 1, "width": 5, "height": 5, "enabled": True, "rotation": 0, "time": 0.0}], "labels": ["car"], "framesCount": 10, "duration": 0.33},
+        "value": {
+            "sequence": [
+                {"frame": 1, "x": 1, "y": 1, "width": 5, "height": 5, "enabled": True, "rotation": 0, "time": 0.0}
+            ],
+            "labels": ["car"],
+            "framesCount": 10,
+            "duration": 0.33,
+        },
     }
     config.validate_result(track)
     with pytest.raises(ValueError, match="unknown label"):
@@ -92,7 +99,12 @@ def test_duplicate_result_ids_are_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("classes", "message"),
-    [([], "at least one class"), (["cat", "cat"], "duplicates \\['cat'\\]"), ([" cat"], "surrounding spaces"), ([""], "non-empty")],
+    [
+        ([], "at least one class"),
+        (["cat", "cat"], "duplicates \\['cat'\\]"),
+        ([" cat"], "surrounding spaces"),
+        ([""], "non-empty"),
+    ],
 )
 def test_bad_class_lists_are_rejected(classes: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -135,7 +135,9 @@ def test_instances_to_results_brush_polygon_rectangle_in_percent_with_region_sco
     rect = by_type["rectanglelabels"][0]["value"]
     assert (rect["x"], rect["y"], rect["width"], rect["height"]) == pytest.approx((25.0, 100 / 6, 37.5, 100 / 3))
     pts = np.array(by_type["polygonlabels"][0]["value"]["points"])
-    assert pts.min(axis=0) == pytest.approx([25.0, 100 / 6], abs=0.01) and pts.max(axis=0) == pytest.approx([62.5, 50.0], abs=0.01)
+    assert pts.min(axis=0) == pytest.approx([25.0, 100 / 6], abs=0.01) and pts.max(axis=0) == pytest.approx(
+        [62.5, 50.0], abs=0.01
+    )
     assert len({r["id"] for r in results}) == len(results)
 
 
@@ -146,7 +148,12 @@ def test_instances_to_results_of_no_instances_is_empty() -> None:
 @pytest.mark.parametrize("kind", ["brush", "polygon", "rect"])
 def test_results_to_instances_recovers_masks_per_tag(kind: str) -> None:
     inst = _instances()[[0, 1]]
-    results = instances_to_results(inst, brush_from="brush" if kind == "brush" else None, polygon_from="polygon" if kind == "polygon" else None, rectangle_from="rect" if kind == "rect" else None)
+    results = instances_to_results(
+        inst,
+        brush_from="brush" if kind == "brush" else None,
+        polygon_from="polygon" if kind == "polygon" else None,
+        rectangle_from="rect" if kind == "rect" else None,
+    )
     back = results_to_instances(results, 60, 80)
     assert back.labels == ["cat", "dog"]
     assert all(p.kind == "human" for p in back.prompts)
@@ -160,9 +167,36 @@ def test_results_to_instances_ignores_non_region_results_and_handles_none() -> N
 @pytest.mark.parametrize(
     ("result", "message"),
     [
-        ({"id": "a", "type": "brushlabels", "value": {"format": "rle", "rle": [0], "brushlabels": []}, "original_width": 4, "original_height": 4}, "exactly one"),
-        ({"id": "b", "type": "keypointlabels", "value": {"keypointlabels": ["x"]}, "original_width": 4, "original_height": 4}, "unsupported type"),
-        ({"id": "c", "type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 2, "height": 2, "rotation": 30, "rectanglelabels": ["x"]}, "original_width": 4, "original_height": 4}, "rotated"),
+        (
+            {
+                "id": "a",
+                "type": "brushlabels",
+                "value": {"format": "rle", "rle": [0], "brushlabels": []},
+                "original_width": 4,
+                "original_height": 4,
+            },
+            "exactly one",
+        ),
+        (
+            {
+                "id": "b",
+                "type": "keypointlabels",
+                "value": {"keypointlabels": ["x"]},
+                "original_width": 4,
+                "original_height": 4,
+            },
+            "unsupported type",
+        ),
+        (
+            {
+                "id": "c",
+                "type": "rectanglelabels",
+                "value": {"x": 1, "y": 1, "width": 2, "height": 2, "rotation": 30, "rectanglelabels": ["x"]},
+                "original_width": 4,
+                "original_height": 4,
+            },
+            "rotated",
+        ),
         ({"id": "d", "type": "rectanglelabels", "value": {"rectanglelabels": ["x"]}}, "no original_width"),
     ],
 )

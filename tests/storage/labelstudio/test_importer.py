@@ -37,7 +37,10 @@ def _instances(seed: int, label: str = "cat", h: int = 480, w: int = 640) -> Ins
 
 
 def _items(asset_ids: list[int], version: str = V1) -> list[ImportItem]:
-    return [ImportItem(a, f"http://127.0.0.1:9/img/{a}.jpg", _instances(a), version, task_score=0.01 * (a % 100)) for a in asset_ids]
+    return [
+        ImportItem(a, f"http://127.0.0.1:9/img/{a}.jpg", _instances(a), version, task_score=0.01 * (a % 100))
+        for a in asset_ids
+    ]
 
 
 def _catalog_rows(catalog: Catalog) -> list[LabelStudioTask]:
@@ -45,7 +48,9 @@ def _catalog_rows(catalog: Catalog) -> list[LabelStudioTask]:
         return list(session.query(LabelStudioTask).all())
 
 
-def test_ensure_project_creates_one_project_from_the_class_list_with_uncertainty_sampling(ls_client: LabelStudioClient, ls_catalog: Catalog) -> None:
+def test_ensure_project_creates_one_project_from_the_class_list_with_uncertainty_sampling(
+    ls_client: LabelStudioClient, ls_catalog: Catalog
+) -> None:
     name = _name("create")
     row = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
     again = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
@@ -61,7 +66,9 @@ def test_ensure_project_creates_one_project_from_the_class_list_with_uncertainty
     assert 'value="bird"' in ls_client.get_project(row.ls_project_id)["label_config"]
 
 
-def test_ensure_project_adopts_a_label_studio_project_the_catalog_lost(ls_client: LabelStudioClient, ls_catalog: Catalog) -> None:
+def test_ensure_project_adopts_a_label_studio_project_the_catalog_lost(
+    ls_client: LabelStudioClient, ls_catalog: Catalog
+) -> None:
     name = _name("adopt")
     created = ls_client.create_project(name, "<View><Image name='image' value='$image'/></View>")
     row = ensure_project(ls_client, ls_catalog, name, "image", ["cat"])
@@ -96,7 +103,10 @@ def test_bulk_import_of_500_tasks_with_brush_predictions_then_rerun_imports_noth
 
 
 def test_crash_between_post_and_commit_is_reconciled_without_duplicates(
-    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+    ls_client: LabelStudioClient,
+    ls_catalog: Catalog,
+    make_assets: Callable[..., list[int]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project = ensure_project(ls_client, ls_catalog, _name("crash"), "image", ["cat"])
     ids = make_assets(30)
@@ -125,7 +135,10 @@ def test_crash_between_post_and_commit_is_reconciled_without_duplicates(
 
 
 def test_lost_response_is_retried_after_reconciling_so_nothing_is_duplicated(
-    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+    ls_client: LabelStudioClient,
+    ls_catalog: Catalog,
+    make_assets: Callable[..., list[int]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project = ensure_project(ls_client, ls_catalog, _name("lost"), "image", ["cat"])
     ids = make_assets(12)
@@ -191,7 +204,9 @@ def test_video_tracks_import_as_videorectangle_predictions(
     assert task["data"]["video"] == "http://127.0.0.1:9/v.mp4"
     (pred,) = ls_client.list_predictions(row.ls_task_id)
     (region,) = pred["result"]
-    assert region["type"] == "videorectangle" and region["from_name"] == "box" and region["value"]["labels"] == ["person"]
+    assert (
+        region["type"] == "videorectangle" and region["from_name"] == "box" and region["value"]["labels"] == ["person"]
+    )
     assert [k["frame"] for k in region["value"]["sequence"]] == [1, 5, 9]
     assert region["value"]["sequence"][0]["x"] == pytest.approx(100 * 5 / 64)
 
@@ -220,7 +235,9 @@ def test_unknown_label_is_rejected_before_anything_is_sent(
         ([5] * 5, 1000, 2, [[0, 1], [2, 3], [4]]),
     ],
 )
-def test_batches_are_bounded_by_payload_bytes_and_task_count(sizes: list[int], max_bytes: int, max_tasks: int, expected: list[list[int]]) -> None:
+def test_batches_are_bounded_by_payload_bytes_and_task_count(
+    sizes: list[int], max_bytes: int, max_tasks: int, expected: list[list[int]]
+) -> None:
     assert _batches([b"x" * n for n in sizes], max_bytes, max_tasks) == expected
 
 
@@ -231,14 +248,20 @@ def test_a_single_task_over_the_payload_limit_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [((1, "", [], "v"), "media_url"), ((1, "u", [], ""), "model_version"), ((1, "u", [], "v", None, -2), "frame_index")],
+    [
+        ((1, "", [], "v"), "media_url"),
+        ((1, "u", [], ""), "model_version"),
+        ((1, "u", [], "v", None, -2), "frame_index"),
+    ],
 )
 def test_import_item_validates_fields(args: tuple, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ImportItem(*args)
 
 
-def test_duplicate_items_in_one_call_are_rejected(ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]) -> None:
+def test_duplicate_items_in_one_call_are_rejected(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]
+) -> None:
     project = ensure_project(ls_client, ls_catalog, _name("dupe"), "image", ["cat"])
     (a,) = make_assets(1)
     with pytest.raises(ValueError, match="more than once"):

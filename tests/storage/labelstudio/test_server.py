@@ -15,7 +15,9 @@ from storage.labelstudio.server import CREDENTIALS_NAME, PID_NAME, LabelStudioSe
 pytestmark = pytest.mark.labelstudio
 
 
-def test_server_moved_off_the_taken_port_and_reports_the_port_it_really_got(label_studio_server: LabelStudioServer, blocked_port: int) -> None:
+def test_server_moved_off_the_taken_port_and_reports_the_port_it_really_got(
+    label_studio_server: LabelStudioServer, blocked_port: int
+) -> None:
     assert label_studio_server.port != blocked_port
     assert httpx.get(f"{label_studio_server.url}/health", timeout=10).status_code == 200
     state = json.loads((label_studio_server.data_dir / PID_NAME).read_text())
@@ -29,7 +31,9 @@ def test_credentials_are_generated_owner_only_and_the_token_is_required(label_st
     assert len(creds["password"]) >= 24 and len(creds["token"]) == 40
     assert creds["token"] not in repr(label_studio_server.credentials)
     url = f"{label_studio_server.url}/api/projects/"
-    assert httpx.get(url, headers={"Authorization": f"Token {label_studio_server.token}"}, timeout=10).status_code == 200
+    assert (
+        httpx.get(url, headers={"Authorization": f"Token {label_studio_server.token}"}, timeout=10).status_code == 200
+    )
     assert httpx.get(url, headers={"Authorization": "Token " + "0" * 40}, timeout=10).status_code == 401
     assert httpx.get(url, timeout=10).status_code == 401
 
