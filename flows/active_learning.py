@@ -25,6 +25,7 @@ from storage.catalog import Catalog
 from storage.labelstudio.importer import model_version_string
 from storage.settings import Settings
 from tasks import active_learning_ops as ops
+from tasks import al_scoring as scoring
 from tasks import prelabel_ops
 from tasks.active_learning import (
     calibrate_weights,
@@ -157,7 +158,7 @@ def active_learning_flow(
         with _gpu(gpu_limit):
             relabel, scores, scorer = _model_work(settings, catalog_url, state, params, train, test, pool, run_id)
         versions = {i.asset_id: (relabel or i.model_version) for i in pool}
-        selection = ops.select_and_record(catalog, state, params, scores, str(scorer.model_version), versions)
+        selection = scoring.select_and_record(catalog, state, params, scores, str(scorer.model_version), versions)
         if relabel:
             state.metrics["relabelled"] = import_relabels(
                 settings, catalog_url, row.id, [i.asset_id for i in pool], relabel
@@ -240,7 +241,7 @@ def _model_work(
     test: list[ops.Item],
     pool: list[ops.Item],
     run_id: int,
-) -> tuple[str | None, list[ops.PoolScore], Any]:
+) -> tuple[str | None, list[scoring.PoolScore], Any]:
     """Fine-tune, compare old and new on the held-out items, promote, then score (and re-pre-label) the pool."""
     if not params.finetune:
         state.metrics["finetune_skipped"] = "finetune=False"
@@ -280,7 +281,7 @@ def _model_work(
         if learnt["weights"] is not None:
             weights, source = learnt["weights"], f"learnt from {learnt['instances']} corrected instances"
     state.metrics["confidence_weights"] = {"source": source, "weights": weights}
-    scores: list[ops.PoolScore] = []
+    scores: list[scoring.PoolScore] = []
     for start in range(0, len(pool), params.score_batch):
         chunk = pool[start : start + params.score_batch]
         scores += score_pool_batch(settings, catalog_url, state, params, chunk, model_uri, relabel, run_id, weights)

@@ -130,7 +130,7 @@ def e2e_catalog_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'catalog.sqlite'}"
 
 
-def test_spec(bucket: str, project: str) -> dict[str, Any]:
+def scale_out_spec(bucket: str, project: str) -> dict[str, Any]:
     """deployments/prefect.yaml with the scale-out deployments pointed at the test's bucket: a 15 s interval instead
     of the hourly cron, an 8 s lease, one image per batch, the unit deployment on the process pool (no GPU here),
     one torch thread per flow run. The other deployments (harvest, discovery, active learning) are left out."""
@@ -154,9 +154,6 @@ def test_spec(bucket: str, project: str) -> dict[str, Any]:
         deployment["work_pool"]["job_variables"] = cpu
     spec["deployments"] = [fanout, unit, on_upload]
     return spec
-
-
-test_spec.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +196,7 @@ def cluster(
         cluster = Cluster(url, worker_env(server_env, settings), settings, bucket, f"e2e-{bucket[-10:]}", tmp)
         try:
             prefect_file = tmp / "prefect.yaml"
-            prefect_file.write_text(yaml.safe_dump(test_spec(bucket, cluster.project), sort_keys=False))
+            prefect_file.write_text(yaml.safe_dump(scale_out_spec(bucket, cluster.project), sort_keys=False))
             with cluster.api() as client:
                 # gpu slots = workers: a SIGKILLed unit's slot stays taken until Prefect's slot lease (300 s) lapses
                 assert main(["deploy", "--gpu-slots", str(len(WORKERS)), "--prefect-file", str(prefect_file)]) == 0

@@ -10,16 +10,8 @@ import pytest
 
 from model.instances import Instances
 from model.masks import mask_to_rle
-from tasks.active_learning_ops import (
-    ActiveLearningParams,
-    Item,
-    coco_source,
-    held_out,
-    heldout_metrics,
-    manifest_of,
-    model_dir_name,
-    split_items,
-)
+from tasks.active_learning_ops import ActiveLearningParams, Item, held_out, manifest_of, split_items
+from tasks.al_training import coco_source, heldout_metrics, model_dir_name
 
 
 def _sha(i: int) -> str:
