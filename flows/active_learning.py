@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.context import get_run_context
 
+from flows.prelabel import gpu_slot
 from storage.agreement import strategy_of
 from storage.catalog import Catalog
 from storage.labelstudio.importer import model_version_string
@@ -155,7 +155,7 @@ def active_learning_flow(
             }
         )
         lineage = (str(base.model_id), str(base.checkpoint_sha256))
-        with _gpu(gpu_limit):
+        with gpu_slot(gpu_limit):
             relabel, scores, scorer = _model_work(settings, catalog_url, state, params, train, test, pool, run_id)
         versions = {i.asset_id: (relabel or i.model_version) for i in pool}
         selection = scoring.select_and_record(catalog, state, params, scores, str(scorer.model_version), versions)
@@ -221,15 +221,6 @@ def active_learning_flow(
         "metrics": ops.jsonable(state.metrics),
         "chosen_tasks": list(state.metrics["pool"]["chosen_tasks"]),
     }
-
-
-def _gpu(gpu_limit: str | None) -> AbstractContextManager[Any]:
-    """Hold one slot of the global concurrency limit ``gpu_limit`` (strict: it must exist) around model work."""
-    if not gpu_limit:
-        return nullcontext()
-    from prefect.concurrency.sync import concurrency
-
-    return concurrency(gpu_limit, occupy=1, strict=True)
 
 
 def _model_work(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -70,10 +72,9 @@ def prelabel_flow(
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     run_id = ops.start_run(catalog, "prelabel", _jsonable(params), flow_run_id)
     started = time.perf_counter()
-    counts = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0}
+    counts: dict[str, float] = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0, "model_seconds": 0.0}
     status, model_version = "failed", ""
     lineage: tuple[str | None, str | None] = (None, None)
-    model_seconds = 0.0  # time in the model task: the pipeline's overhead is what the wall time adds to it
     try:
         models = Models.load(settings, params.model_id, params.strategy)  # once per process; fails before any work
         model_id, checkpoint_sha = str(models.segmenter.model_id), str(models.segmenter.checkpoint_sha256)
@@ -87,39 +88,22 @@ def prelabel_flow(
         counts["assets"] = len(todo)
         logger.info("%d assets to pre-label in %d batches with %s", len(todo), len(batches), model_version)
         progress = create_progress_artifact(0.0, description=f"prelabel {source}")
-        fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
-        imports: list[PrefectFuture[ops.StageReport]] = []
-        if batches:
-            fetched[0] = fetch_batch.submit(settings, catalog_url, run_id, batches[0])
         shown = time.monotonic()
-        for k in range(len(batches)):
-            got = fetched.pop(k).result()
-            if k + 1 < len(batches):  # download batch k+1 while batch k is on the model (not before: k goes first)
-                fetched[k + 1] = fetch_batch.submit(settings, catalog_url, run_id, batches[k + 1])
-            counts["failed"] += len(got.failed)
-            seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
-            model_seconds += seg.seconds
-            counts["failed"] += len(seg.failed)
-            counts["instances"] += seg.instances
-            counts["skipped"] += len(seg.skipped)
-            ready = sorted([*seg.ok, *seg.skipped])
-            imports.append(
-                import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])  # type: ignore[call-overload]
-            )
-            if k + 1 == len(batches) or time.monotonic() - shown >= PROGRESS_EVERY_S:  # an API call: not per batch
-                update_progress_artifact(progress, 100.0 * (k + 1) / len(batches))  # type: ignore[arg-type]
+
+        def on_batch(done: int, total: int) -> None:
+            nonlocal shown
+            if done == total or time.monotonic() - shown >= PROGRESS_EVERY_S:  # an API call: not per batch
+                update_progress_artifact(progress, 100.0 * done / total)  # type: ignore[arg-type]
                 shown = time.monotonic()
-            progress_log.info(
-                "batch %d/%d", k + 1, len(batches), extra={"done": k + 1, "total": len(batches), "assets": len(todo)}
-            )
-        for future in imports:
-            counts["done"] += len(future.result().ok)
+            progress_log.info("batch %d/%d", done, total, extra={"done": done, "total": total, "assets": len(todo)})
+
+        run_batches(settings, catalog_url, run_id, batches, params, model_version, counts, on_batch=on_batch)
         status = "completed"
     finally:
         elapsed = time.perf_counter() - started
         timings = {
             "seconds": round(elapsed, 3),
-            "model_seconds": round(model_seconds, 3),
+            "model_seconds": round(counts.pop("model_seconds"), 3),  # the overhead is what the wall time adds
             "assets_per_s": round(counts["done"] / elapsed, 3) if elapsed else 0.0,
         }
         ops.finish_run(catalog, run_id, status, counts, timings, *lineage)
@@ -139,3 +123,51 @@ def _jsonable(params: ops.PrelabelParams) -> dict[str, Any]:
     data = asdict(params)
     data["classes"] = list(params.classes)
     return data
+
+
+def gpu_slot(gpu_limit: str | None) -> AbstractContextManager[Any]:
+    """Hold one slot of the global concurrency limit ``gpu_limit`` (strict: it must exist) around model work."""
+    if not gpu_limit:
+        return nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(gpu_limit, occupy=1, strict=True)
+
+
+def run_batches(
+    settings: Settings,
+    catalog_url: str,
+    run_id: int,
+    batches: list[list[int]],
+    params: ops.PrelabelParams,
+    model_version: str,
+    counts: dict[str, float],
+    gpu_limit: str | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> None:
+    """The pre-label pipeline over ``batches``: batch k+1 downloads while batch k is on the model (in the flow's
+    thread, inside a ``gpu_limit`` slot when given) and batch k-1 is imported into Label Studio. ``counts`` (done,
+    failed, instances, skipped, model_seconds) is updated as batches finish, so a crash leaves what was counted."""
+    fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
+    imports: list[PrefectFuture[ops.StageReport]] = []
+    if batches:
+        fetched[0] = fetch_batch.submit(settings, catalog_url, run_id, batches[0])
+    for k in range(len(batches)):
+        got = fetched.pop(k).result()
+        if k + 1 < len(batches):  # download batch k+1 while batch k is on the model (not before: k goes first)
+            fetched[k + 1] = fetch_batch.submit(settings, catalog_url, run_id, batches[k + 1])
+        counts["failed"] += len(got.failed)
+        with gpu_slot(gpu_limit):
+            seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
+        counts["model_seconds"] += seg.seconds
+        counts["failed"] += len(seg.failed)
+        counts["instances"] += seg.instances
+        counts["skipped"] += len(seg.skipped)
+        ready = sorted([*seg.ok, *seg.skipped])
+        imports.append(
+            import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])  # type: ignore[call-overload]
+        )
+        if on_batch is not None:
+            on_batch(k + 1, len(batches))
+    for future in imports:
+        counts["done"] += len(future.result().ok)

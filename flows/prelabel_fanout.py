@@ -22,15 +22,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy import select
 
+from flows.prelabel import run_batches
 from storage import leases
 from storage.catalog import Asset, Catalog
 from storage.catalog.assets import pending_asset_ids
@@ -40,7 +39,6 @@ from storage.settings import Settings
 from tasks import prelabel_ops as ops
 from tasks.discovery import discover_assets
 from tasks.models import Models
-from tasks.prelabel import fetch_batch, import_batch, segment_batch
 
 # Parameters both flows pass through unchanged to the pipeline (JSON-serialisable, so run_deployment can send them).
 PIPELINE_DEFAULTS: dict[str, Any] = {
@@ -71,48 +69,6 @@ def lease_owner(flow_run_id: str) -> str:
         parts.append(f"worker/{worker}")
     parts.append(f"pid/{socket.gethostname()}:{os.getpid()}")
     return " ".join(parts)[:255]
-
-
-def _gpu(gpu_limit: str | None) -> AbstractContextManager[Any]:
-    """Hold one slot of the global concurrency limit ``gpu_limit`` (strict: it must exist) around model work."""
-    if not gpu_limit:
-        return nullcontext()
-    from prefect.concurrency.sync import concurrency
-
-    return concurrency(gpu_limit, occupy=1, strict=True)
-
-
-def run_batches(
-    settings: Settings,
-    catalog_url: str,
-    run_id: int,
-    batches: list[list[int]],
-    params: ops.PrelabelParams,
-    model_version: str,
-    gpu_limit: str | None = None,
-) -> dict[str, int]:
-    """The prelabel pipeline over ``batches``: fetch k+1 while k is on the model, import k-1 meanwhile."""
-    counts = {"done": 0, "failed": 0, "instances": 0, "skipped": 0}
-    fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
-    imports: list[PrefectFuture[ops.StageReport]] = []
-    for k in range(len(batches)):
-        for ahead in (k, k + 1):
-            if ahead < len(batches) and ahead not in fetched:
-                fetched[ahead] = fetch_batch.submit(settings, catalog_url, run_id, batches[ahead])
-        got = fetched.pop(k).result()
-        counts["failed"] += len(got.failed)
-        with _gpu(gpu_limit):
-            seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
-        counts["failed"] += len(seg.failed)
-        counts["instances"] += seg.instances
-        counts["skipped"] += len(seg.skipped)
-        ready = sorted([*seg.ok, *seg.skipped])
-        imports.append(
-            import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])  # type: ignore[call-overload]
-        )
-    for future in imports:
-        counts["done"] += len(future.result().ok)
-    return counts
 
 
 def _params(source: str, options: dict[str, Any], settings: Settings) -> ops.PrelabelParams:
@@ -185,7 +141,7 @@ def _work_on(
         _flow_run_id(),
     )
     started = time.perf_counter()
-    counts: dict[str, int] = {"assets": 0}
+    counts: dict[str, float] = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0, "model_seconds": 0.0}
     status, lineage = "failed", (None, None)
     try:
         with leases.Heartbeat(catalog, lease, config) as beat:
@@ -201,7 +157,7 @@ def _work_on(
                 )
             counts["assets"] = len(todo)
             batches = ops.batches_of(catalog, todo, params.batch_size)
-            counts.update(run_batches(settings, catalog.url, run_id, batches, params, model_version, gpu_limit))
+            run_batches(settings, catalog.url, run_id, batches, params, model_version, counts, gpu_limit)
         if beat.lost.is_set():
             raise RuntimeError(f"lost the lease on work unit {lease.unit_id} while working; another worker has it")
         if not leases.finish(catalog, beat.lease):
@@ -212,7 +168,8 @@ def _work_on(
         raise
     finally:
         elapsed = time.perf_counter() - started
-        ops.finish_run(catalog, run_id, status, counts, {"seconds": round(elapsed, 3)}, *lineage)
+        timings = {"seconds": round(elapsed, 3), "model_seconds": round(counts.pop("model_seconds"), 3)}
+        ops.finish_run(catalog, run_id, status, counts, timings, *lineage)
     logger.info("work unit %d (attempt %d): %s", lease.unit_id, lease.attempt, counts)
     return {"unit_id": lease.unit_id, "claimed": True, "run_id": run_id, "attempt": lease.attempt, **counts}
 

@@ -100,14 +100,14 @@ def test_model_work_holds_one_slot_of_the_strict_gpu_limit_and_fails_without_the
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 
     from flows.deploy import ensure_gpu_limit
-    from flows.prelabel_fanout import _gpu
+    from flows.prelabel import gpu_slot
 
-    with pytest.raises(ConcurrencySlotAcquisitionError), _gpu(f"missing-{uuid.uuid4().hex[:6]}"):
+    with pytest.raises(ConcurrencySlotAcquisitionError), gpu_slot(f"missing-{uuid.uuid4().hex[:6]}"):
         pass
     with get_client(sync_client=True) as client:
         ensure_gpu_limit(client, 1)
-        with _gpu(GPU_LIMIT):
+        with gpu_slot(GPU_LIMIT):
             assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
-    with _gpu(None):  # no limit configured: model work is not gated
+    with gpu_slot(None):  # no limit configured: model work is not gated
         pass
