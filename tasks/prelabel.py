@@ -58,7 +58,7 @@ def fetch_batch(settings: Settings, catalog_url: str, run_id: int, asset_ids: li
 
 
 # No task tag here: a tag costs a concurrency-slot API round trip per call (~1-3 s on a busy server). Model work across
-# workers is capped by the global concurrency limit `gpu` that the fan-out holds around a whole unit.
+# workers is capped by the global concurrency limit `gpu`, one slot held around each batch (flows.prelabel.gpu_slot).
 @task(name="segment-batch", cache_policy=NO_CACHE)
 def segment_batch(
     settings: Settings,
