@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +25,32 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     orientation is applied so the array is what a viewer shows. Images above ``max_pixels`` are refused before
     their pixels are decoded (decompression-bomb guard).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
+
+    with _opened(data, name, max_pixels) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image) or image
+        return _to_rgb_uint8(upright)
+
+
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def probe_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of the upright image from its header alone (no pixel decoding), with the same refusals as
+    :func:`decode_image` for unreadable, empty and oversized images. A file whose pixels are corrupt past its header
+    passes here and fails in :func:`decode_image`."""
+    with _opened(data, name, max_pixels) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (width, height) if orientation in _SWAPS_AXES else (height, width)
+
+
+@contextmanager
+def _opened(data: bytes, name: str, max_pixels: int) -> Iterator[Any]:
+    """The opened (header-read, not decoded) Pillow image after the size checks; every Pillow failure inside the
+    block becomes a :class:`BadMediaError` naming ``name`` and the reason."""
+    from PIL import Image, UnidentifiedImageError
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BadMediaError(name, f"expected image bytes, got {type(data).__name__}")
@@ -41,9 +69,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
                 )
             if width < 1 or height < 1:
                 raise BadMediaError(name, f"image has no pixels ({width}x{height})")
-            image.load()
-            upright = ImageOps.exif_transpose(image) or image
-            array = _to_rgb_uint8(upright)
+            yield image
     except BadMediaError:
         raise
     except Image.DecompressionBombError as exc:
@@ -52,41 +78,6 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise BadMediaError(name, f"not a decodable image ({exc.__class__.__name__}: {exc})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadMediaError(name, f"corrupt or truncated image ({exc.__class__.__name__}: {exc})") from exc
-    return array
-
-
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
-
-
-def probe_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """``(height, width)`` of the upright image from its header alone (no pixel decoding), with the same refusals as
-    :func:`decode_image` for unreadable, empty and oversized images. A file whose pixels are corrupt past its header
-    passes here and fails in :func:`decode_image`."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise BadMediaError(name, f"expected image bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise BadMediaError(name, "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except Image.DecompressionBombError as exc:
-        raise BadMediaError(name, f"image exceeds Pillow's decompression-bomb limit ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise BadMediaError(name, f"not a decodable image ({exc.__class__.__name__}: {exc})") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise BadMediaError(name, f"corrupt or truncated image ({exc.__class__.__name__}: {exc})") from exc
-    if width < 1 or height < 1:
-        raise BadMediaError(name, f"image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise BadMediaError(
-            name, f"image of {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
-        )
-    return (width, height) if orientation in _SWAPS_AXES else (height, width)
 
 
 def _to_rgb_uint8(image: object) -> np.ndarray:
