@@ -119,12 +119,41 @@ def record_failures(catalog: Catalog, run_id: int, stage: str, failures: dict[in
 
 
 def batches_of(catalog: Catalog, asset_ids: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Images in batches of ``batch_size``; every video a batch of its own."""
+    """Images in batches of up to ``batch_size`` (sizes from :func:`tapered_sizes`); every video a batch of its own."""
     with catalog.session() as session:
         kinds = dict(session.execute(select(Asset.id, Asset.media_type).where(Asset.id.in_(asset_ids))).all())
     images = [a for a in asset_ids if kinds.get(a) == "image"]
     videos = [a for a in asset_ids if kinds.get(a) == "video"]
-    return [images[i : i + batch_size] for i in range(0, len(images), batch_size)] + [[v] for v in videos]
+    batches, start = [], 0
+    for size in tapered_sizes(len(images), batch_size):
+        batches.append(images[start : start + size])
+        start += size
+    return batches + [[v] for v in videos]
+
+
+def tapered_sizes(n: int, batch_size: int) -> list[int]:
+    """Batch sizes for ``n`` images: full batches in the middle, ramps of halving sizes at both ends.
+
+    The pipeline is serial at its ends: the model waits for the first download, and the last import runs after the
+    model is done. Starting with ``batch_size / 8`` (then /8, /4, /2) and ending the same way mirrored cuts both waits
+    to about an eighth of a batch. Runs shorter than two batches only ramp up; ``batch_size`` < 8 is not tapered.
+    """
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"tapered_sizes needs n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    if batch_size < 8 or n <= batch_size // 8:
+        return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    ramp = [batch_size // 8, batch_size // 8, batch_size // 4]
+    ramp.append(batch_size - sum(ramp))  # together one full batch
+    head, tail = ramp, (ramp[::-1] if n >= 2 * batch_size else [])
+    middle = n - sum(head) - sum(tail)
+    sizes: list[int] = []
+    for size in head:
+        take = min(size, n - sum(sizes))
+        if take:
+            sizes.append(take)
+    if middle > 0:
+        sizes += [batch_size] * (middle // batch_size) + ([middle % batch_size] if middle % batch_size else [])
+    return sizes + tail
 
 
 # -- fetch ----------------------------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ class FinetuneConfig:
     ``cache_image_features`` (needs a frozen ``image_encoder``) memoises the encoder's output per distinct training
     image (up to ``cache_max_images``): for a fixed dataset such as a :class:`~model.finetune.data.CocoSource`,
     decoder-only steps then skip the encoder (about 2x faster on CPU); fresh synthetic images never hit the cache.
+    ``prompt_warmup_steps`` (from scratch) first trains the prompt encoder and mask decoder that many steps on
+    :class:`~model.finetune.data.BoxFillSource` drills (box in, filled box out), so the decoder reads its prompts
+    before it meets real scenes; without it a from-scratch model learns to ignore them.
     """
 
     out_dir: Path
@@ -61,6 +64,7 @@ class FinetuneConfig:
     tie_positional_embeddings: bool = True
     torch_init: bool = True
     align_prompt_attention: bool = False
+    prompt_warmup_steps: int = 0
     cache_image_features: bool = False
     cache_max_images: int = 4096
     best_to_beat: float = -1.0
@@ -81,6 +85,8 @@ class FinetuneConfig:
         bad = [f for f in self.freeze if f not in FREEZABLE]
         if bad:
             raise ValueError(f"FinetuneConfig.freeze entries must be in {FREEZABLE}, got {bad}")
+        if self.prompt_warmup_steps < 0:
+            raise ValueError(f"FinetuneConfig.prompt_warmup_steps must be >= 0, got {self.prompt_warmup_steps}")
         for name in ("steps", "batch_size", "objects_per_image", "eval_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from model.finetune.config import FinetuneConfig, FinetuneResult
+from model.finetune.data import BoxFillSource
 from model.finetune.evaluate import prompt_iou
 from model.finetune.losses import mask_losses
 from model.finetune.modelio import (
@@ -65,9 +67,12 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"FinetuneConfig.freeze={config.freeze} leaves nothing to train")
+    size = image_size(model)
+    clock = time.monotonic()
+    warmup = prompt_warmup(model, config, rng, device, size) if config.prompt_warmup_steps else {}
+    budget_s = None if config.budget_s is None else max(config.budget_s - (time.monotonic() - clock), 1e-3)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     cache = _EncoderCache(config.cache_max_images) if config.cache_image_features else None
-    size = image_size(model)
     eval_source = config.eval_data if config.eval_data is not None else config.data
     eval_rng = np.random.default_rng([config.seed, 0xE7A1])
     eval_set = [eval_source.sample(eval_rng, 1.0) for _ in range(config.eval_images)]
@@ -89,8 +94,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
 
     def progress() -> float:
         p = step / config.steps
-        if config.budget_s is not None:
-            p = max(p, (time.monotonic() - start) / config.budget_s)
+        if budget_s is not None:
+            p = max(p, (time.monotonic() - start) / budget_s)
         return min(p, 1.0)
 
     def evaluate(lr: float) -> None:
@@ -113,7 +118,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         score = (metrics["box_iou"] + metrics["point_iou"]) / 2
         if score > best_score:
             best_score, best = score, dict(row)
-            save_checkpoint(model, config.best_path, _card(config, row, size), history)
+            save_checkpoint(model, config.best_path, _card(config, row, size, warmup), history)
         last_eval = time.monotonic()
 
     lr = config.lr
@@ -140,7 +145,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     if not history or history[-1]["step"] != step:
         evaluate(lr)
     if best:  # the card of the best checkpoint shows the whole run's curve
-        write_card(config.best_path, _card(config, best, size), history)
+        write_card(config.best_path, _card(config, best, size, warmup), history)
     return FinetuneResult(
         out_dir=config.out_dir,
         best_dir=config.best_path,
@@ -151,6 +156,45 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         data_version=config.data.version,
         seed=config.seed,
     )
+
+
+def prompt_warmup(
+    model: torch.nn.Module, config: FinetuneConfig, rng: np.random.Generator, device: torch.device, size: int
+) -> dict[str, float]:
+    """``config.prompt_warmup_steps`` steps of box-fill drills for the prompt encoder and mask decoder (image encoder
+    untouched), with their own AdamW: 20-step warm-up, cosine to 5% of ``config.lr``. Returns steps, seconds and the
+    mean train IoU of the last 50 steps."""
+    drills = BoxFillSource(size=size)
+    drill = replace(
+        config,
+        box_fraction=1.0,
+        box_jitter=0.0,
+        corrective_rounds=0,
+        objects_per_image=drills.objects,
+        freeze=("image_encoder",),
+        cache_image_features=True,
+    )
+    encoder = {id(p) for p in model.vision_encoder.parameters()}  # type: ignore[union-attr]
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    cache = _EncoderCache(1)  # one blank canvas: the encoder runs once
+    n, start = config.prompt_warmup_steps, time.monotonic()
+    ious: list[float] = []
+    for step in range(n):
+        warm = min(1.0, (step + 1) / 20)
+        for group in opt.param_groups:
+            group["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / n)))
+        batch = [drills.sample(rng, 0.0) for _ in range(config.batch_size)]
+        loss, stats = _step_loss(model, batch, drill, rng, device, size, cache)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        ious = [*ious[-49:], stats["iou"]]
+    result = {"steps": float(n), "seconds": time.monotonic() - start, "train_iou": float(np.mean(ious))}
+    logger.info("prompt warm-up: %s", result)
+    return result
 
 
 def _step_loss(
@@ -274,7 +318,13 @@ class _EncoderCache:
         return finish_features(model, raw)
 
 
-def _card(config: FinetuneConfig, row: dict[str, float], size: int) -> dict[str, Any]:
+def _card(config: FinetuneConfig, row: dict[str, float], size: int, warmup: dict[str, float]) -> dict[str, Any]:
+    extra = {}
+    if warmup:
+        extra["prompt warm-up"] = (
+            f"{int(warmup['steps'])} box-fill drill steps ({warmup['seconds']:.0f} s, final train IoU "
+            f"{warmup['train_iou']:.2f}) before the main loop"
+        )
     return {
         "model_id": config.model_id,
         "base": str(config.base) if config.base is not None else "none (trained from scratch)",
@@ -289,6 +339,7 @@ def _card(config: FinetuneConfig, row: dict[str, float], size: int) -> dict[str,
         "prompts": f"box {config.box_fraction:.0%} (jitter {config.box_jitter:g}) / click, "
         f"{config.corrective_rounds} corrective round(s)",
         "loss": f"{config.focal_weight:g} focal + {config.dice_weight:g} dice + {config.iou_weight:g} IoU-head MSE",
+        **extra,
         **config.extra_card,
         "metrics": {k: row[k] for k in ("box_iou", "point_iou", "objects") if k in row},
     }

@@ -43,6 +43,7 @@ def shapes_tiny_model_config(image_size: int = SHAPES_TINY_SIZE) -> dict[str, An
             "mlp_dim": 256,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
+            "attention_downsample_rate": 1,  # full-width q/k: prompt and image positions match more sharply
             "iou_head_hidden_dim": 64,
         },
     }
@@ -61,8 +62,9 @@ def shapes_tiny_config(
         "steps": 200_000,
         "budget_s": budget_s,
         "batch_size": 4,
-        "objects_per_image": 4,
-        "lr": 6e-4,
+        "objects_per_image": 8,  # every object of a scene, several times: the decoder sees prompts contrasted
+        "lr": 3e-4,
+        "prompt_warmup_steps": 1500,  # box-fill drills first, or the model learns to ignore its prompts
         "min_lr_ratio": 0.05,
         "warmup_steps": 100,
         "focal_weight": 1.0,  # dice-dominated: SAM's 20x focal collapses to empty masks when training from scratch

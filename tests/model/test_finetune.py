@@ -9,6 +9,9 @@ from model.errors import BadMediaError
 from model.finetune import CocoSource, FinetuneConfig, SyntheticSource, finetune, run_recipe
 from model.finetune.cli import main as cli_main
 from model.finetune.cli import parse_synthetic
+from model.finetune.data import BoxFillSource
+from model.finetune.engine import prompt_warmup
+from model.finetune.evaluate import prompt_iou
 from model.finetune.losses import dice_loss, focal_loss, mask_iou, mask_losses
 from model.finetune.modelio import build_model, load_model
 from model.finetune.prompts import corrective_click, interior_point, jitter_box, mask_box, random_point
@@ -121,6 +124,7 @@ def test_corrective_click_lands_in_the_error_region_with_the_right_label(pred, t
         ({"box_fraction": 1.5}, "box_fraction"),
         ({"budget_s": -1.0}, "budget_s"),
         ({"corrective_rounds": -1}, "corrective_rounds"),
+        ({"prompt_warmup_steps": -1}, "prompt_warmup_steps"),
         ({"model_config": None}, "exactly one"),
         ({"base": Path("x")}, "exactly one"),
     ],
@@ -138,6 +142,16 @@ def test_synthetic_source_curriculum_starts_easy_and_reaches_the_full_domain():
     early, late = source.domain_at(0.0), source.domain_at(0.6)
     assert early.difficulty == pytest.approx(0.2) and early.n_objects == (1, 1)
     assert late == source.domain
+
+
+@pytest.mark.parametrize(("size", "objects"), [(64, 1), (64, 4), (256, 4), (32, 0)])
+def test_box_fill_drills_are_blank_canvases_whose_objects_are_their_boxes(size, objects):
+    image, masks = BoxFillSource(size=size, objects=objects).sample(np.random.default_rng(0), 0.0)
+    assert image.shape == (size, size, 3) and (image == 128).all()
+    assert masks.shape == (objects, size, size)
+    for mask in masks:
+        x0, y0, x1, y1 = mask_box(mask).astype(int)
+        assert mask[y0:y1, x0:x1].all() and mask.sum() == (x1 - x0) * (y1 - y0)  # a filled rectangle
 
 
 def test_coco_source_decodes_rle_and_polygons_and_resizes(tmp_path):
@@ -216,6 +230,21 @@ def test_decoder_only_finetune_leaves_the_image_encoder_untouched(tmp_path):
     decoder = [k for k in before if k.startswith("mask_decoder.") and before[k].is_floating_point()]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_prompt_warmup_teaches_a_fresh_decoder_to_read_boxes_without_touching_the_encoder(tmp_path):
+    torch.manual_seed(0)
+    config = _tiny_config(tmp_path, prompt_warmup_steps=600, lr=1e-3, focal_weight=1.0, batch_size=4)
+    model = build_model(shapes_tiny_model_config(SIZE))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    drills = [BoxFillSource(size=SIZE).sample(np.random.default_rng(seed), 0.0) for seed in range(4)]
+    untrained = prompt_iou(model, drills)["box_iou"]
+    result = prompt_warmup(model, config, np.random.default_rng(1), torch.device("cpu"), SIZE)
+    after = model.state_dict()
+    assert result["steps"] == 600
+    # blank canvases: only a model that reads its box prompt can fill the right rectangle
+    assert untrained < 0.1 and result["train_iou"] > 0.4
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision_encoder."))
 
 
 def test_cached_encoder_features_train_exactly_like_recomputed_ones(tmp_path):

@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from storage.labelstudio.client import LabelStudioError
 from tasks.prelabel import is_transient
-from tasks.prelabel_ops import PrelabelParams, task_score
+from tasks.prelabel_ops import PrelabelParams, tapered_sizes, task_score
 
 
 class _State:
@@ -63,3 +63,31 @@ def test_task_score_is_the_weakest_instance_and_zero_when_empty(scores: list[flo
 def test_bad_prelabel_parameters_are_rejected_with_a_reason(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PrelabelParams(source="s3://bucket/x", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "expected"),
+    [
+        (0, 64, []),
+        (5, 64, [5]),
+        (8, 64, [8]),
+        (20, 64, [8, 8, 4]),
+        (64, 64, [8, 8, 16, 32]),
+        (100, 64, [8, 8, 16, 32, 36]),
+        (128, 64, [8, 8, 16, 32, 32, 16, 8, 8]),
+        (256, 64, [8, 8, 16, 32, 64, 64, 32, 16, 8, 8]),
+        (300, 64, [8, 8, 16, 32, 64, 64, 44, 32, 16, 8, 8]),
+        (10, 4, [4, 4, 2]),
+        (33, 32, [4, 4, 8, 16, 1]),
+        (7, 1, [1] * 7),
+    ],
+)
+def test_batches_taper_at_both_ends_and_cover_every_image_once(n: int, batch_size: int, expected: list[int]) -> None:
+    sizes = tapered_sizes(n, batch_size)
+    assert sizes == expected
+    assert sum(sizes) == n and all(0 < s <= batch_size for s in sizes)
+
+
+def test_tapered_sizes_rejects_a_batch_size_below_one() -> None:
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        tapered_sizes(10, 0)
