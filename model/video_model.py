@@ -305,7 +305,9 @@ class Sam2VideoSession:
             iou = float(scores.max(dim=-1).values.flatten()[0] if multimask else scores[..., 0].flatten()[0])
         out = {
             "pred_masks": sam.pred_masks,
-            "object_pointer": sam.object_pointer,
+            # (objects, hidden) on both paths: the mask-prompt path returns (1, 1, hidden), which transformers 5.23
+            # only reshapes when its memory is narrower than the decoder (as in SAM 2); equal widths would crash
+            "object_pointer": sam.object_pointer.reshape(-1, model.hidden_dim),
             "high_res_masks": sam.high_res_masks,
             "object_score_logits": sam.object_score_logits,
         }

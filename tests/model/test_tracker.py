@@ -247,13 +247,16 @@ def test_memory_pruning_gives_identical_masks_and_scores(tiny_video: Sam2Video) 
         assert all("high_res_masks" not in v for v in per_obj["non_cond_frame_outputs"].values())
 
 
-def test_video_model_loads_from_an_image_only_sam2_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hidden_size", [64, 128])  # 64: memory as wide as the decoder (shapes-tiny's layout)
+def test_video_model_loads_from_an_image_only_sam2_checkpoint_and_tracks_a_prompted_object(
+    tmp_path: Path, hidden_size: int
+) -> None:
     from transformers import Sam2Model
 
     from model.testing import tiny_sam2_config
 
     torch.manual_seed(0)
-    image_model = Sam2Model(tiny_sam2_config(image_size=64, hidden_size=128))
+    image_model = Sam2Model(tiny_sam2_config(image_size=64, hidden_size=hidden_size))
     image_model.save_pretrained(tmp_path)
     video = Sam2Video.from_pretrained(tmp_path)
     assert video.model.config.model_type == "sam2_video"
@@ -264,6 +267,8 @@ def test_video_model_loads_from_an_image_only_sam2_checkpoint(tmp_path: Path) ->
     mask = np.zeros((32, 40), bool)
     mask[4:20, 4:20] = True
     assert session.prompt({1: mask})[1].mask.shape == (32, 40)
+    for _ in range(2):  # later frames read the prompted frame's memory and object pointer
+        assert session.step(np.zeros((32, 40, 3), np.uint8))[1].mask.shape == (32, 40)
 
 
 def test_session_rejects_wrong_frame_size_and_prompt_before_first_frame() -> None:
