@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 DEMO_BUCKET = "maskloop"
 DEMO_PREFIX = "samples/"
 DEMO_MODEL = "maskloop/shapes-tiny"
+DEMO_MODEL_FILTERS = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9}
 
 
 def sample_media(images: int = 12, clips: int = 1, seed: int = 2026) -> dict[str, bytes]:
@@ -84,7 +85,8 @@ def run_demo(settings: Settings, keep_running: bool = True) -> int:
     print(f"uploaded {len(media)} sample files to s3://{DEMO_BUCKET}/{DEMO_PREFIX} on {settings.s3_endpoint_url}")
     model_id, line = choose_model(settings)
     print(line)
-    params = {"points_per_side": 16} if model_id == DEMO_MODEL else {}
+    # shapes-tiny's IoU head is less confident than SAM 2's: its own filters (see its model card)
+    params = {"points_per_side": 16, **DEMO_MODEL_FILTERS} if model_id == DEMO_MODEL else {}
     result = prelabel_flow(
         f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}",
         model_id=model_id,

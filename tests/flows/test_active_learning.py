@@ -72,9 +72,13 @@ FLOW_PARAMS: dict[str, Any] = {
     "budget": BUDGET,
     "finetune_from": "initial",  # every round retrains the initial model on all corrections: arms stay comparable
     "steps": 200,
-    "lr": 2e-3,
+    "lr": 1e-3,  # 2e-3 undid what the (since retrained) base model knew in-domain: nothing was promoted
     "batch_size": 2,
     "held_out_fraction": 0.25,
+    # The flow judges a new model on its own held-out corrections: 2-5 items here, too few to decide on (in the last
+    # run the new models lost there by 0.03-0.14 IoU while gaining 0.14-0.20 on this test's 61 shifted objects).
+    # Promote unless clearly worse, so the re-pre-label path runs; deployments keep the default margin of 0.
+    "promote_margin": -0.2,
     "seed": 0,
     "num_threads": 1,
 }
@@ -484,7 +488,7 @@ def test_every_round_is_recorded_in_the_catalog(arms: dict[str, Arm]) -> None:
                     for side in ("old", "new"):
                         assert 0.0 <= m["held_out"][side]["mean_iou"] <= 1.0
                         assert 0.0 <= m["held_out"][side]["accepted_rate"] <= 1.0
-                    assert r.promoted == (m["held_out"]["iou_gain"] > 0)
+                    assert r.promoted == (m["held_out"]["iou_gain"] > FLOW_PARAMS["promote_margin"])
             items = session.scalars(
                 select(ActiveLearningItem).where(ActiveLearningItem.round_id == rounds[-1].id)
             ).all()

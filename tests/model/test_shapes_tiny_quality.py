@@ -18,13 +18,16 @@ from model.synthetic import SyntheticDomain
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights" / "shapes-tiny"
 HELD_OUT_SEEDS = range(2_000_000_000, 2_000_000_006)
-# Regression floors, NOT the issue's bars (0.90 / 0.90 / 0.8): measured with scripts/measure_shapes_tiny.py on the
-# shipped checkpoint (box 0.183, point 0.186, everything recall@0.75 0.091 on these images) minus a margin.
-BOX_FLOOR = 0.14
-POINT_FLOOR = 0.14
-EVERYTHING_FLOOR = 0.05
-# shapes-tiny's IoU head is not calibrated enough for SAM's 0.88 / 0.95 filters: keep every candidate, rely on NMS
-EVERYTHING_PARAMS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+# Box and point: regression floors, NOT the issue's bars (0.90 / 0.90), measured with scripts/measure_shapes_tiny.py
+# on the shipped checkpoint (box 0.885, point 0.807 on these images) minus a margin. Everything mode: the issue's bar
+# (recall 0.818 measured on the first three images). Masks of different boxes overlap 0.002 (a prompt-blind model scores ~0.93).
+BOX_FLOOR = 0.85
+POINT_FLOOR = 0.75
+EVERYTHING_FLOOR = 0.8
+OVERLAP_CEILING = 0.05
+# shapes-tiny's IoU head is less confident than SAM's (its 0.88 / 0.95 filters keep 1.8 masks per image, recall 0.43);
+# these keep 4.7 masks per image for 3.8 objects (recall 0.87 on all six images)
+EVERYTHING_PARAMS = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9}
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +82,23 @@ def test_point_prompt_iou_at_least_floor(segmenter, held_out):
 def test_everything_mode_recall_at_iou_075_at_least_floor(segmenter, held_out):
     from model.autoprompt import auto_segment
 
-    found = total = 0
+    found = total = proposed = 0
     for sample in held_out[:3]:
         instances = auto_segment(segmenter, [sample.image], "everything", points_per_side=16, **EVERYTHING_PARAMS)[0]
+        proposed += len(instances.masks)
         for target in sample.masks:
             total += 1
             found += any(_iou(mask, target) >= 0.75 for mask in instances.masks)
     assert found / total >= EVERYTHING_FLOOR
+    assert proposed <= 3 * total  # recall from a few masks per object, not from flooding the image with candidates
+
+
+def test_masks_follow_their_box_prompts_not_the_most_salient_object(segmenter, held_out):
+    """Different objects' boxes in one image must give different masks (a model that ignores its prompts returns
+    the same blob for every box: mean pairwise IoU near 1; the ground truth's is near 0)."""
+    overlaps = []
+    for sample in held_out:
+        masks = segmenter.predict(sample.image, boxes=np.stack([mask_box(m) for m in sample.masks]))[0].masks
+        overlaps += [_iou(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    assert len(overlaps) >= 10
+    assert np.mean(overlaps) <= OVERLAP_CEILING
