@@ -131,11 +131,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         batch = [config.data.sample(rng, p) for _ in range(config.batch_size)]
         with amp:
             loss, stats = _step_loss(model, batch, config, rng, device, size, cache)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, params, config.grad_clip)
         step += 1
         running.append(float(loss.detach()))
         running_iou.append(stats["iou"])
@@ -156,6 +152,16 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         data_version=config.data.version,
         seed=config.seed,
     )
+
+
+def _optimizer_step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter], grad_clip: float
+) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
 
 
 def prompt_warmup(
@@ -186,11 +192,7 @@ def prompt_warmup(
             group["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / n)))
         batch = [drills.sample(rng, 0.0) for _ in range(config.batch_size)]
         loss, stats = _step_loss(model, batch, drill, rng, device, size, cache)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, params, config.grad_clip)
         ious = [*ious[-49:], stats["iou"]]
     result = {"steps": float(n), "seconds": time.monotonic() - start, "train_iou": float(np.mean(ious))}
     logger.info("prompt warm-up: %s", result)
