@@ -58,9 +58,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def video_config_from_image_config(image_config: Any) -> Any:
+def video_config_from_image_config(image_config: Any, **memory: Any) -> Any:
     """Build a ``Sam2VideoConfig`` sharing the image model's encoder/prompt/decoder settings (memory at defaults
-    sized to the image model's feature width and lowest-resolution feature map)."""
+    sized to the image model's feature width and lowest-resolution feature map; ``memory`` overrides them, e.g.
+    ``memory_attention_num_layers``)."""
     from transformers import Sam2VideoConfig
 
     vision = image_config.vision_config
@@ -75,6 +76,7 @@ def video_config_from_image_config(image_config: Any) -> Any:
         mask_downsampler_embed_dim=hidden,
         memory_fuser_embed_dim=hidden,
         memory_attention_rope_feat_sizes=list(vision.backbone_feature_sizes[-1]),
+        **memory,
     )
 
 

@@ -1,8 +1,12 @@
 """Train the offline demo model ``maskloop/shapes-tiny`` on this machine (one CPU thread by default).
 
     nohup .venv/bin/python scripts/train_shapes_tiny.py --until 02:52 > /tmp/shapes-tiny.log 2>&1 &
+    nohup .venv/bin/python scripts/train_shapes_tiny.py --recipe shapes-tiny-video --base /tmp/image-best \
+        --until 04:00 > /tmp/shapes-tiny-video.log 2>&1 &
 
-The best checkpoint (by held-out prompt IoU) is written to ``model/weights/shapes-tiny`` each time it improves;
+The image recipe (``shapes-tiny``) trains from scratch; the video recipe (``shapes-tiny-video``) trains the memory
+path of ``--base`` (default: the shipped checkpoint) with its image parts frozen. The best checkpoint (by held-out
+prompt IoU, or video J) is written to ``--best-dir`` (default ``model/weights/shapes-tiny``) each time it improves;
 ``metrics.jsonl`` in ``--out-dir`` holds the curve.
 """
 
@@ -29,6 +33,8 @@ def _seconds_until(hhmm: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=("shapes-tiny", "shapes-tiny-video"), default="shapes-tiny")
+    parser.add_argument("--base", type=Path, help="video recipe: the image checkpoint to start from")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/maskloop-runs/shapes-tiny"))
     parser.add_argument("--best-dir", type=Path, default=ROOT / "model" / "weights" / "shapes-tiny")
     group = parser.add_mutually_exclusive_group(required=True)
@@ -44,14 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget_s if args.budget_s is not None else _seconds_until(args.until)
     from model.finetune.recipes import run_recipe
 
+    extra = {"base": args.base} if args.base is not None else {}
+    if args.base is not None and args.recipe != "shapes-tiny-video":
+        parser.error("--base is for the video recipe")
     result = run_recipe(
-        "shapes-tiny",
+        args.recipe,
         args.out_dir,
         budget_s=budget,
         seed=args.seed,
         best_dir=args.best_dir,
         num_threads=args.threads,
         best_to_beat=args.best_to_beat,
+        **extra,
     )
     print(f"done: {result.steps} steps in {result.seconds / 60:.1f} min; best {result.best_metrics}")
     return 0

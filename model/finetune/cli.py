@@ -1,6 +1,7 @@
 """``maskloop finetune``: train a SAM 2 checkpoint from a COCO export or the synthetic domain, or run a recipe.
 
     maskloop finetune --recipe shapes-tiny --out runs/shapes-tiny --budget-s 3600
+    maskloop finetune --recipe shapes-tiny-video --from runs/shapes-tiny/best --out runs/shapes-tiny-video
     maskloop finetune --from model/weights/shapes-tiny --data export/coco.json --freeze image_encoder --out runs/x
     maskloop finetune --from model/weights/shapes-tiny --data synthetic:families=ellipse+ring --steps 200 --out runs/y
 
@@ -69,7 +70,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="maskloop finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--recipe", help="a named recipe (e.g. shapes-tiny); ignores --from/--data")
+    parser.add_argument(
+        "--recipe",
+        help="a named recipe (shapes-tiny, shapes-tiny-video); ignores --data, and --from except as the "
+        "base of a video recipe",
+    )
     parser.add_argument("--from", dest="base", type=Path, help="checkpoint directory to start from")
     parser.add_argument("--data", help="COCO json path or synthetic[:families=...]")
     parser.add_argument("--images", type=Path, help="image directory for a COCO json (default: next to it)")
@@ -90,8 +95,15 @@ def main(argv: list[str]) -> int:
     if args.recipe:
         if args.recipe not in RECIPES:
             parser.error(f"unknown recipe {args.recipe!r}; expected one of {sorted(RECIPES)}")
+        extra = {"base": args.base} if args.base is not None and args.recipe.endswith("-video") else {}
         result = run_recipe(
-            args.recipe, args.out, budget_s=args.budget_s, seed=args.seed, device=args.device, num_threads=args.threads
+            args.recipe,
+            args.out,
+            budget_s=args.budget_s,
+            seed=args.seed,
+            device=args.device,
+            num_threads=args.threads,
+            **extra,
         )
     else:
         if args.base is None or args.data is None:
@@ -117,8 +129,9 @@ def main(argv: list[str]) -> int:
         )
         result = finetune(config)
     best = result.best_metrics
+    shown = [k for k in ("box_iou", "point_iou", "j_box", "j_mask") if k in best]
     print(
         f"{result.steps} steps in {result.seconds:.0f} s; best checkpoint {result.best_dir} "
-        f"(box IoU {best.get('box_iou', float('nan')):.3f}, point IoU {best.get('point_iou', float('nan')):.3f})"
+        f"({', '.join(f'{k} {best[k]:.3f}' for k in shown)})"
     )
     return 0

@@ -118,7 +118,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         score = (metrics["box_iou"] + metrics["point_iou"]) / 2
         if score > best_score:
             best_score, best = score, dict(row)
-            save_checkpoint(model, config.best_path, _card(config, row, size, warmup), history)
+            card = _card(config, row, size, warmup)
+            save_checkpoint(model, config.best_path, card, history, memory_from=config.base)
         last_eval = time.monotonic()
 
     lr = config.lr

@@ -125,20 +125,60 @@ def decode(
     return logits[:, 0], iou[:, 0]
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, card: dict[str, Any], curve: list[dict[str, float]]) -> None:
-    """``save_pretrained`` (safetensors) plus ``training.json`` and a README.md model card."""
+def save_checkpoint(
+    model: torch.nn.Module,
+    path: Path,
+    card: dict[str, Any],
+    curve: list[dict[str, float]],
+    memory_from: Path | None = None,
+) -> None:
+    """``save_pretrained`` (safetensors) plus ``training.json`` and a README.md model card.
+
+    When ``memory_from`` is a ``sam2_video`` checkpoint (the run's base), the image model is saved inside a copy of
+    it, so a fine-tune of the image parts keeps the base's trained video memory path (and stays a video checkpoint).
+    """
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=True)
+    if memory_from is not None and _model_type(memory_from) == "sam2_video":
+        from transformers import Sam2VideoModel
+
+        video: Any = Sam2VideoModel.from_pretrained(str(memory_from), local_files_only=True)
+        result = video.load_state_dict(model.state_dict(), strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{memory_from} does not fit the trained model: {sorted(result.unexpected_keys)[:5]}")
+        video.save_pretrained(str(path), safe_serialization=True)
+    else:
+        model.save_pretrained(str(path), safe_serialization=True)  # type: ignore[operator]
     write_card(path, card, curve)
 
 
-def write_card(path: Path, card: dict[str, Any], curve: list[dict[str, float]]) -> None:
+def _model_type(path: Path) -> str | None:
+    config = Path(path) / "config.json"
+    return str(json.loads(config.read_text()).get("model_type")) if config.is_file() else None
+
+
+def write_card(
+    path: Path, card: dict[str, Any], curve: list[dict[str, float]], video_curve: list[dict[str, float]] | None = None
+) -> None:
     """(Re)write ``training.json`` and README.md next to a saved checkpoint (e.g. with the full curve at the end)."""
-    (path / "training.json").write_text(json.dumps({"card": card, "curve": curve}, indent=1, default=str))
-    (path / "README.md").write_text(model_card(card, curve))
+    record: dict[str, Any] = {"card": card, "curve": curve}
+    if video_curve:
+        record["video_curve"] = video_curve
+    (path / "training.json").write_text(json.dumps(record, indent=1, default=str))
+    (path / "README.md").write_text(model_card(card, curve, video_curve))
 
 
-def model_card(card: dict[str, Any], curve: list[dict[str, float]]) -> str:
+def read_card(path: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """The card and image-training curve saved next to a checkpoint (empty when it has none)."""
+    record = path / "training.json"
+    if not record.is_file():
+        return {}, []
+    data = json.loads(record.read_text())
+    return dict(data.get("card", {})), list(data.get("curve", []))
+
+
+def model_card(
+    card: dict[str, Any], curve: list[dict[str, float]], video_curve: list[dict[str, float]] | None = None
+) -> str:
     lines = [
         f"# {card.get('model_id', 'sam2-finetuned')}",
         "",
@@ -167,6 +207,20 @@ def model_card(card: dict[str, Any], curve: list[dict[str, float]]) -> str:
                 f"| {row.get('minutes', 0):.1f} | {int(row.get('step', 0))} | {row.get('lr', 0):.2e} | "
                 f"{row.get('train_loss', float('nan')):.4f} | {row.get('box_iou', float('nan')):.3f} | "
                 f"{row.get('point_iou', float('nan')):.3f} |"
+            )
+    if video_curve:
+        lines += [
+            "",
+            "## Video training curve (held-out J, frame 0 prompted by a box / by the mask)",
+            "",
+            "| minutes | step | lr | train loss | J (box) | J (mask) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in video_curve:
+            lines.append(
+                f"| {row.get('minutes', 0):.1f} | {int(row.get('step', 0))} | {row.get('lr', 0):.2e} | "
+                f"{row.get('train_loss', float('nan')):.4f} | {row.get('j_box', float('nan')):.3f} | "
+                f"{row.get('j_mask', float('nan')):.3f} |"
             )
     if card.get("notes"):
         lines += ["", "## Notes", "", str(card["notes"])]

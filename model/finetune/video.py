@@ -4,13 +4,15 @@ The public session API wraps inference (no gradients, per-frame state), so this 
 directly, as SAM 2's training does: ``get_image_features`` for all frames, ``_single_frame_forward`` with a box
 prompt on frame 0, then for each later frame ``memory_attention`` over the spatial memories
 (``_encode_new_memory``) of the prompted frame and the last ``num_maskmem - 1`` frames plus the object pointers
-(``_process_object_pointers``), and the mask loss on every frame. These are private transformers names: the step is
-written against transformers 5.23 and pinned by ``tests/model/test_finetune.py``.
+(``_process_object_pointers``), and the mask loss on every frame. These are private transformers names (so the model is typed ``Any``): the step
+is written against transformers 5.23 and pinned by ``tests/model/test_finetune.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ class ClipLoss:
 
 
 def clip_loss(
-    model: torch.nn.Module,
+    model: Any,
     frames: np.ndarray,
     masks: np.ndarray,
     *,
@@ -42,12 +44,17 @@ def clip_loss(
     focal_weight: float = 20.0,
     dice_weight: float = 1.0,
     iou_weight: float = 1.0,
+    prompt: str = "box",
 ) -> ClipLoss:
     """``frames`` (T, S, S, 3) uint8 at the model's input size, ``masks`` (T, N, S, S) bool per-frame GT.
 
-    Objects absent from frame 0 are skipped (nothing to prompt). Mask losses apply where the object is visible;
-    the object-score head is trained on every frame (objects leave and re-enter).
+    Objects absent from frame 0 are skipped (nothing to prompt). ``prompt`` is how frame 0 is prompted: ``"box"``
+    (the mask's box through the decoder, as a detector would) or ``"mask"`` (the ground-truth mask taken as frame
+    0's output, as the video session does with mask prompts; no loss on frame 0 then). Mask losses apply where the
+    object is visible; the object-score head is trained on every frame (objects leave and re-enter).
     """
+    if prompt not in ("box", "mask"):
+        raise ValueError(f"clip_loss prompt must be 'box' or 'mask', got {prompt!r}")
     if frames.ndim != 4 or masks.ndim != 4 or masks.shape[0] != frames.shape[0] or masks.shape[2:] != frames.shape[1:3]:
         raise ValueError(
             f"clip_loss expects frames (T, S, S, 3) and masks (T, N, S, S), got {frames.shape} {masks.shape}"
@@ -78,9 +85,12 @@ def clip_loss(
         high_res = [x.permute(1, 2, 0).reshape(n, x.size(2), *s) for x, s in zip(cur[:-1], sizes[:-1], strict=True)]
         if t == 0:
             pix = (cur[-1] + model.no_memory_embedding).permute(1, 2, 0).reshape(n, channels, h, w)
-            out = model._single_frame_forward(
-                image_embeddings=[*high_res, pix], input_boxes=boxes, multimask_output=False
-            )
+            if prompt == "mask":
+                out = _mask_as_output(model, pix, high_res, torch.from_numpy(gt[0]).to(device)[:, None].float())
+            else:
+                out = model._single_frame_forward(
+                    image_embeddings=[*high_res, pix], input_boxes=boxes, multimask_output=False
+                )
         else:
             pix = _memory_conditioned(
                 model, t, t_len, cur[-1], pos[-1][:, t : t + 1].expand(-1, n, -1), memories, pointers
@@ -95,7 +105,9 @@ def clip_loss(
             min=-32
         )
         frame_loss = score_weight * F.binary_cross_entropy_with_logits(score.float(), visible.float())
-        if visible.any():
+        if t == 0 and prompt == "mask":
+            frame_loss = torch.zeros((), device=device)  # the prompt is the output: nothing to learn on frame 0
+        elif visible.any():
             m_loss, _ = mask_losses(up[visible], iou_pred[visible].float(), target[t][visible], **kw)
             frame_loss = frame_loss + m_loss
         total = total + frame_loss / t_len
@@ -110,15 +122,30 @@ def clip_loss(
             current_vision_feats=cur[-1],
             pred_masks_high_res=out.high_res_masks.reshape(n, 1, *out.high_res_masks.shape[-2:]),
             object_score_logits=out.object_score_logits.reshape(n, 1, 1),
-            is_mask_from_pts=(t == 0),
+            is_mask_from_pts=(t == 0 and prompt == "box"),
         )
         memories.append((mem.float(), mem_pos))
         pointers.append(out.object_pointer.reshape(n, channels))
     return ClipLoss(total, j_first, float(np.mean(j_prop)) if j_prop else float("nan"), n)
 
 
+def _mask_as_output(
+    model: Any, pix: torch.Tensor, high_res: list[torch.Tensor], masks: torch.Tensor
+) -> SimpleNamespace:
+    """``_use_mask_as_output`` one object at a time, as the video session calls it (transformers 5.23 mixes up
+    objects when it picks the best multimask token of a batch of several)."""
+    outs = [
+        model._use_mask_as_output(pix[i : i + 1], [h[i : i + 1] for h in high_res], masks[i : i + 1])
+        for i in range(masks.shape[0])
+    ]
+    fields = ("pred_masks", "high_res_masks", "iou_scores", "object_score_logits")
+    joined = {f: torch.cat([getattr(o, f) for o in outs]) for f in fields}
+    joined["object_pointer"] = torch.cat([o.object_pointer.reshape(1, -1) for o in outs])
+    return SimpleNamespace(**joined)
+
+
 def _memory_conditioned(
-    model: torch.nn.Module,
+    model: Any,
     t: int,
     t_len: int,
     current: torch.Tensor,

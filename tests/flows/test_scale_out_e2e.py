@@ -335,7 +335,20 @@ def assert_each_image_once_in_label_studio(cluster: Cluster, ls_client: LabelStu
     assert rows == Counter(assets.keys()), "one label_studio_tasks row per asset"
     in_ls = Counter(t["data"]["maskloop_asset_id"] for t in tasks)
     assert in_ls == Counter(assets.keys()), "one Label Studio task per asset"
-    assert all(t["predictions"] for t in tasks)
+    missing = [t for t in tasks if not t["predictions"]]
+    assert not missing, "tasks without a prediction: " + "; ".join(
+        _prediction_report(ls_client, t) for t in missing[:5]
+    )
+
+
+def _prediction_report(ls_client: LabelStudioClient, task: dict[str, Any]) -> str:
+    """What Label Studio says about one task's predictions, for a failure message."""
+    found: Any = ls_client.list_predictions(task["id"])
+    found = found.get("results", found) if isinstance(found, dict) else found
+    return (
+        f"task {task['id']} (asset {task['data'].get('maskloop_asset_id')}, total_predictions "
+        f"{task.get('total_predictions')}): /api/predictions?task= has {[(p['id'], p['model_version']) for p in found]}"
+    )
 
 
 # -- the tests ------------------------------------------------------------------------------------------------------
