@@ -12,11 +12,16 @@ bytes) and for the whole flow, and their ratio (goal >= 0.90).
 GPU the model has its own device and the CPU feeds it; on a CPU-only machine the fair counterpart is a model on
 cores - 1 threads, with the remaining core for downloads, imports and the local servers (S3, Label Studio,
 Prefect), which here share the same machine. ``--threads 0`` leaves torch's default (all cores) for comparison.
+
+``--pin-services`` (Linux) puts the local servers (S3, Label Studio, Prefect) on the last core and this process
+(model and the flow's own download/import threads) on the others, in both measurements: the layout of a worker
+whose services run elsewhere, so the ratio shows the pipeline's own cost, not the servers' CPU on the model's core.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
@@ -46,7 +51,15 @@ def main() -> None:
     parser.add_argument(
         "--io", choices=("threads", "processes"), default="threads", help="where the download/import tasks run"
     )
+    parser.add_argument(
+        "--pin-services", action="store_true", help="servers on the last core, this process on the others (Linux)"
+    )
     args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin_services:
+        if len(cores) < 2:
+            parser.error(f"--pin-services needs at least 2 cores, this process may use {cores}")
+        os.sched_setaffinity(0, cores[:-1])  # threads started from here on inherit it
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
@@ -107,6 +120,12 @@ def main() -> None:
         ):
             from flows.prelabel import prelabel_flow
 
+            if args.pin_services:  # every thread of every server process (affinity is per thread on Linux)
+                for pid in _descendants(os.getpid()):
+                    for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+                        with contextlib.suppress(OSError):
+                            os.sched_setaffinity(int(task.name), cores[-1:])
+
             settings = Settings(
                 data_dir=tmp / "data",
                 s3_endpoint_url=s3_settings.s3_endpoint_url,
@@ -147,7 +166,27 @@ def main() -> None:
     )
     print(f"pipeline (S3 -> SAM 2 -> catalog -> Label Studio): {pipeline:.2f} images/s, {result['done']} done")
     print(f"  of which in the model task: {model_s:.1f} s of {wall:.1f} s")
+    if args.pin_services:
+        print(f"servers pinned to core {cores[-1]}, this process to cores {cores[:-1]}")
     print(f"ratio pipeline / bare model: {pipeline / bare:.2f} (goal >= 0.90)")
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant process of ``root`` (from /proc)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [child for child, ppid in parent.items() if ppid == pid]
+        found += kids
+        frontier += kids
+    return found
 
 
 if __name__ == "__main__":

@@ -163,10 +163,15 @@ class SyntheticDomain:
         )
 
     # ----------------------------------------------------------------- clips
-    def clip(self, seed: int, n_frames: int = 8) -> SyntheticClip:
-        """Objects move, rotate, scale, leave and re-enter the frame and pass behind each other (fixed depth order)."""
+    def clip(self, seed: int, n_frames: int = 8, motion: float = 1.0) -> SyntheticClip:
+        """Objects move, rotate, scale, leave and re-enter the frame and pass behind each other (fixed depth order).
+
+        ``motion`` in [0, 1] scales every movement (0: a still scene, only the sensor noise changes; a training
+        curriculum starts there). The same seed gives the same scene and path at any ``motion``."""
         if n_frames < 1:
             raise ValueError(f"SyntheticDomain.clip n_frames must be >= 1, got {n_frames}")
+        if not (0.0 <= motion <= 1.0):
+            raise ValueError(f"SyntheticDomain.clip motion must be in [0, 1], got {motion}")
         rng = np.random.default_rng([seed, 0xC11F])
         yy, xx = _grid(self.size)
         background = _background(rng, self.size, yy, xx, self.difficulty)
@@ -190,9 +195,13 @@ class SyntheticDomain:
             canvas = background.copy()
             full = []
             for shape, (r, centre, amp, freq, phase, spin, angle0, zoom) in zip(shapes, motions, strict=True):
-                cx, cy = centre + amp * np.sin(freq * t + phase)
-                radius = r * (1.0 + zoom * math.sin(0.7 * t + phase[0]))
-                mask, colour = _render(shape, xx, yy, float(cx), float(cy), radius, angle0 + spin * t)
+                wave, pulse = np.sin(freq * t + phase), math.sin(0.7 * t + phase[0])
+                if motion != 1.0:  # interpolate from the frame-0 pose (motion 1 keeps the original paths exactly)
+                    wave = np.sin(phase) + motion * (wave - np.sin(phase))
+                    pulse = math.sin(phase[0]) + motion * (pulse - math.sin(phase[0]))
+                cx, cy = centre + amp * wave
+                radius = r * (1.0 + zoom * pulse)
+                mask, colour = _render(shape, xx, yy, float(cx), float(cy), radius, angle0 + spin * t * motion)
                 canvas[mask] = colour[mask]
                 full.append(mask)
             frame_rng = np.random.default_rng([seed, 0xC11F, t])

@@ -47,8 +47,10 @@ class VideoFinetuneConfig:
     """One run on clips of ``domain`` (``frames`` per clip, prompts on frame 0: a box or the mask, ``mask_prompt_
     fraction`` of the time a mask). ``base`` is a ``sam2`` (image-only: memory modules start from PyTorch's default
     initialisation) or ``sam2_video`` checkpoint. Stops at ``steps`` or ``budget_s``; linear warm-up then cosine
-    decay to ``min_lr_ratio``. ``memory_config`` overrides ``Sam2VideoConfig`` memory settings when ``base`` is
-    image-only (e.g. ``memory_attention_num_layers``). The best checkpoint by held-out J on ``eval_clips`` clips goes to ``best_dir``
+    decay to ``min_lr_ratio``; the mask decoder at ``decoder_lr_scale`` times that. ``memory_config`` overrides ``Sam2VideoConfig`` memory settings when ``base`` is
+    image-only (e.g. ``memory_attention_num_layers``). ``motion_until`` > 0 is a curriculum: clips start still
+    (only memory tells the objects apart, so the memory path must be read) and reach full motion at that fraction
+    of the run. The best checkpoint by held-out J on ``eval_clips`` clips goes to ``best_dir``
     (default ``out_dir / "best"``) once it beats ``best_to_beat``."""
 
     out_dir: Path
@@ -64,6 +66,8 @@ class VideoFinetuneConfig:
     image_objects: int = 8
     image_eval: int = 12
     image_tolerance: float = 0.02
+    decoder_lr_scale: float = 0.1
+    motion_until: float = 0.0
     steps: int = 1000
     budget_s: float | None = None
     lr: float = 5e-4
@@ -99,7 +103,7 @@ class VideoFinetuneConfig:
                 )
         if self.lr <= 0:
             raise ValueError(f"VideoFinetuneConfig.lr must be > 0, got {self.lr}")
-        for name in ("mask_prompt_fraction", "min_lr_ratio"):
+        for name in ("mask_prompt_fraction", "min_lr_ratio", "motion_until"):
             if not (0.0 <= getattr(self, name) <= 1.0):
                 raise ValueError(f"VideoFinetuneConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.budget_s is not None and self.budget_s <= 0:
@@ -167,7 +171,16 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
             if name.startswith(OBJECT_SCORE_HEAD) or (config.train_decoder and name.startswith("mask_decoder.")):
                 p.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    decoder = {
+        id(p)
+        for n, p in model.named_parameters()
+        if n.startswith("mask_decoder.") and not n.startswith(OBJECT_SCORE_HEAD)
+    }
+    groups = [
+        {"params": [p for p in params if id(p) not in decoder], "scale": 1.0},
+        {"params": [p for p in params if id(p) in decoder], "scale": config.decoder_lr_scale},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
     # held-out clips: seeds far from the training stream's
     eval_set = clip_set(config.domain, range(1_500_000_000, 1_500_000_000 + config.eval_clips), config.eval_frames)
     image_cfg = _image_step_config(config)
@@ -191,6 +204,7 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
     best_score = config.best_to_beat
     start = last_eval = time.monotonic()
     running: list[float] = []
+    running_j: list[float] = []
     step = 0
 
     def progress() -> float:
@@ -206,14 +220,16 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
             "minutes": (time.monotonic() - start) / 60,
             "lr": lr,
             "train_loss": float(np.mean(running)) if running else float("nan"),
+            "train_j": float(np.nanmean(running_j)) if running_j else float("nan"),
             **video_j(model, eval_set),
             **(prompt_iou(model, image_eval, str(device)) if image_eval else {}),
         }
         running.clear()
+        running_j.clear()
         history.append(row)
         with log_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        logger.info("step %d %.1f min: %s", step, row["minutes"], {k: round(v, 3) for k, v in row.items()})
+        logger.info("step %d %.1f min: %s", step, row["minutes"], {k: float(f"{v:.4g}") for k, v in row.items()})
         score = (row["j_box"] + row["j_mask"]) / 2
         image_ok = all(row[k] >= v for k, v in floor.items())
         if score > best_score and image_ok:
@@ -227,8 +243,9 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
         cos = 0.5 * (1 + math.cos(math.pi * progress()))
         lr = config.lr * warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cos)
         for group in opt.param_groups:
-            group["lr"] = lr
-        clip = config.domain.clip(int(rng.integers(1 << 30)), n_frames=config.frames)
+            group["lr"] = lr * group["scale"]
+        motion = min(1.0, progress() / config.motion_until) if config.motion_until > 0 else 1.0
+        clip = config.domain.clip(int(rng.integers(1 << 30)), n_frames=config.frames, motion=motion)
         if not clip.masks[0].any():
             continue
         prompt = "mask" if rng.random() < config.mask_prompt_fraction else "box"
@@ -242,6 +259,7 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
         _optimizer_step(opt, loss, params, config.grad_clip)
         step += 1
         running.append(float(loss.detach()))
+        running_j.append(result.j_propagated)
         due_steps = config.eval_every_steps is not None and step % config.eval_every_steps == 0
         if due_steps or time.monotonic() - last_eval >= config.eval_every_s:
             evaluate(lr)

@@ -106,6 +106,7 @@ def test_video_card_keeps_the_image_card_and_curve_and_adds_the_video_section(tm
         ({"mask_prompt_fraction": 1.5}, r"mask_prompt_fraction must be in \[0, 1\]"),
         ({"budget_s": 0.0}, "budget_s must be > 0"),
         ({"train_decoder": True}, "train_decoder needs image_data"),
+        ({"motion_until": 2.0}, r"motion_until must be in \[0, 1\]"),
     ],
 )
 def test_video_config_rejects_bad_values(tmp_path, kwargs, message):

@@ -116,3 +116,27 @@ def test_scaled_domain_shrinks_object_radii_with_the_image():
     domain = SyntheticDomain.scaled(64, families=("star",))
     assert domain.radius == (4.0, 14.0) and domain.families == ("star",)
     assert domain.image(0).masks.shape[1:] == (64, 64)
+
+
+@pytest.mark.parametrize("motion", [0.0, 0.5])
+def test_clip_motion_scales_movement_from_the_first_pose(motion):
+    domain = SyntheticDomain(size=64, radius=(8, 16), n_objects=(2, 3))
+    full, scaled = domain.clip(5, n_frames=6), domain.clip(5, n_frames=6, motion=motion)
+    assert np.array_equal(full.masks[0], scaled.masks[0]), "every motion starts from the same pose"
+    moved = [np.logical_xor(scaled.amodal[t], scaled.amodal[0]).sum() for t in range(1, 6)]
+    moved_full = [np.logical_xor(full.amodal[t], full.amodal[0]).sum() for t in range(1, 6)]
+    if motion == 0.0:
+        assert moved == [0] * 5, "a still clip: the objects do not move"
+    else:
+        assert 0 < sum(moved) < sum(moved_full)
+
+
+def test_clip_at_full_motion_is_the_default_clip():
+    domain = SyntheticDomain(size=64, radius=(8, 16))
+    assert np.array_equal(domain.clip(9, 4).frames, domain.clip(9, 4, motion=1.0).frames)
+
+
+@pytest.mark.parametrize("motion", [-0.1, 1.5])
+def test_clip_rejects_motion_outside_0_1(motion):
+    with pytest.raises(ValueError, match="motion must be in"):
+        SyntheticDomain(size=64, radius=(8, 16)).clip(0, 2, motion=motion)
