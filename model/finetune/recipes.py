@@ -93,11 +93,12 @@ def shapes_tiny_video_config(
 ) -> VideoFinetuneConfig:
     """The memory path of shapes-tiny on 4-frame clips of the synthetic domain (``base``: the image checkpoint,
     default the shipped one). Memory attention is slimmed to the model's size: 2 layers, a 256-wide MLP (SAM 2's
-    4 x 2048 costs ~4x the time per clip on a CPU here). The mask decoder trains too, anchored by prompted images
-    of the same domain: frozen, it never learns to segment from memory alone (held-out J stayed at 0.02-0.03 over
-    the first 285 clips, while train loss fell). Clips start still and reach full motion at 30% of the run: with
-    moving clips from the start, every object of a clip got the same output on propagated frames (the memory was not
-    read), as the image model once ignored its prompts."""
+    4 x 2048 costs ~4x the time per clip on a CPU here). The mask decoder trains too (at 0.1x lr), anchored by
+    prompted images of the same domain. Clips start still and reach full motion at 30% of the run.
+
+    Not yet a working recipe: on this CPU every variant tried so far left held-out J at 0.02-0.05 (the memory is
+    not read: on propagated frames every object of a clip gets the same output); see the model card and
+    docs/shapes-tiny-video.md."""
     domain = SyntheticDomain(size=SHAPES_TINY_SIZE, families=FAMILIES, textures=TEXTURES)
     fields: dict[str, Any] = {
         "out_dir": Path(out_dir),

@@ -64,13 +64,41 @@ def clip_loss(
     if not present0.any():
         raise ValueError("clip_loss needs at least one object visible on frame 0")
     gt = masks[:, present0]
-    n, t_len, size = int(present0.sum()), frames.shape[0], frames.shape[1]
+    size = frames.shape[1]
     loss_size = loss_size or size
     target = torch.from_numpy(gt).to(device).float()
     if loss_size != size:
         target = (F.interpolate(target, size=(loss_size, loss_size), mode="area") >= 0.5).float()
     vision = model.get_image_features(to_pixel_values(list(frames), device), return_dict=True)
     feats, pos = vision.fpn_hidden_states, vision.fpn_position_encoding  # (HW, T, C) per level
+    boxes = torch.from_numpy(np.stack([mask_box(m) for m in gt[0]])).to(device)[:, None]
+    kw = {"focal_weight": focal_weight, "dice_weight": dice_weight, "iou_weight": iou_weight}
+    # The decoder's masks before SAM 2 blanks those of objects it scores absent (-1024): the mask loss reads these,
+    # or a fresh object-score head that starts at <= 0 would cut the masks' gradient until it happens to turn positive.
+    decoded: list[torch.Tensor] = []
+    hook = model.mask_decoder.register_forward_hook(lambda _module, _args, output: decoded.append(output[0]))
+    try:
+        return _clip_loop(model, gt, target, feats, pos, boxes, prompt, decoded, loss_size, score_weight, kw)
+    finally:
+        hook.remove()
+
+
+def _clip_loop(
+    model: Any,
+    gt: np.ndarray,
+    target: torch.Tensor,
+    feats: list[torch.Tensor],
+    pos: list[torch.Tensor],
+    boxes: torch.Tensor,
+    prompt: str,
+    decoded: list[torch.Tensor],
+    loss_size: int,
+    score_weight: float,
+    kw: dict[str, float],
+) -> ClipLoss:
+    """The frame loop of :func:`clip_loss` (``decoded`` collects the mask decoder's raw outputs)."""
+    device = target.device
+    t_len, n = gt.shape[0], gt.shape[1]
     sizes = model.backbone_feature_sizes
     channels = model.hidden_dim
     h, w = sizes[-1]
@@ -78,8 +106,6 @@ def clip_loss(
     pointers: list[torch.Tensor] = []
     total = torch.zeros((), device=device)
     j_first, j_prop = 0.0, []
-    boxes = torch.from_numpy(np.stack([mask_box(m) for m in gt[0]])).to(device)[:, None]
-    kw = {"focal_weight": focal_weight, "dice_weight": dice_weight, "iou_weight": iou_weight}
     for t in range(t_len):
         cur = [f[:, t : t + 1].expand(-1, n, -1) for f in feats]
         high_res = [x.permute(1, 2, 0).reshape(n, x.size(2), *s) for x, s in zip(cur[:-1], sizes[:-1], strict=True)]
@@ -97,10 +123,12 @@ def clip_loss(
             )
             out = model._single_frame_forward(image_embeddings=[*high_res, pix], multimask_output=False)
         logits = out.pred_masks.reshape(n, 1, *out.pred_masks.shape[-2:])
+        if not (t == 0 and prompt == "mask"):
+            logits_for_loss = decoded[-1].reshape(n, -1, *decoded[-1].shape[-2:])[:, :1]
         iou_pred = out.iou_scores.reshape(n, -1)[:, :1]
         score = out.object_score_logits.reshape(n)
         visible = target[t].flatten(1).any(1)
-        # frames judged object-free carry SAM 2's -1024 fill: clamp so the loss stays finite-sized (no gradient there)
+        # what SAM 2 shows: frames judged object-free carry its -1024 fill (clamped so J's threshold is plain)
         up = F.interpolate(logits.float(), size=(loss_size, loss_size), mode="bilinear", align_corners=False).clamp(
             min=-32
         )
@@ -108,7 +136,10 @@ def clip_loss(
         if t == 0 and prompt == "mask":
             frame_loss = torch.zeros((), device=device)  # the prompt is the output: nothing to learn on frame 0
         elif visible.any():
-            m_loss, _ = mask_losses(up[visible], iou_pred[visible].float(), target[t][visible], **kw)
+            raw = F.interpolate(
+                logits_for_loss.float(), size=(loss_size, loss_size), mode="bilinear", align_corners=False
+            )
+            m_loss, _ = mask_losses(raw[visible], iou_pred[visible].float(), target[t][visible], **kw)
             frame_loss = frame_loss + m_loss
         total = total + frame_loss / t_len
         with torch.no_grad():

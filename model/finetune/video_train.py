@@ -246,11 +246,12 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
             group["lr"] = lr * group["scale"]
         motion = min(1.0, progress() / config.motion_until) if config.motion_until > 0 else 1.0
         clip = config.domain.clip(int(rng.integers(1 << 30)), n_frames=config.frames, motion=motion)
-        if not clip.masks[0].any():
+        frames, masks = clip.frames, clip.masks
+        if not masks[0].any():
             continue
         prompt = "mask" if rng.random() < config.mask_prompt_fraction else "box"
         with amp:
-            result = clip_loss(model, clip.frames, clip.masks, loss_size=config.loss_size, prompt=prompt)
+            result = clip_loss(model, frames, masks, loss_size=config.loss_size, prompt=prompt)
             loss = result.loss
             if image_cfg is not None:
                 assert config.image_data is not None

@@ -206,3 +206,17 @@ def test_decoder_training_is_anchored_by_images_and_a_checkpoint_is_kept_only_wh
         _config(tmp_path / "b", image_checkpoint, steps=3, eval_every_steps=3, image_tolerance=-1.0, **common)
     )
     assert strict.best_metrics == {} and not (strict.best_dir / "model.safetensors").exists()
+
+
+def test_masks_of_objects_scored_absent_still_get_a_gradient(image_checkpoint):
+    """SAM 2 blanks the masks of objects whose score is <= 0; the loss reads the decoder's masks before that, so a
+    fresh score head that starts negative does not cut the mask gradient."""
+    model, _ = load_video_model(image_checkpoint, MEMORY)
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(-100.0)  # every object scored absent
+    clip = DOMAIN.clip(4, n_frames=3)
+    result = clip_loss(model.train(), clip.frames, clip.masks, prompt="mask")
+    assert result.j_propagated < 0.5, "the shown masks are blank (or the object is absent)"
+    result.loss.backward()
+    hyper = [p.grad for n, p in model.named_parameters() if n.startswith("mask_decoder.output_hypernetworks_mlps.")]
+    assert hyper and any(g is not None and g.abs().sum() > 0 for g in hyper)
