@@ -518,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Without PREFECT_API_URL, flows run on Prefect's temporary local server; on a busy 2-core machine it can need
     # more than Prefect's default 20 s to start.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # That server would otherwise try to send Prefect telemetry: maskloop reaches nothing beyond loopback.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = build_parser()
     if "finetune" in argv:
         head = argv[: argv.index("finetune")]

@@ -14,7 +14,10 @@ IoU, prompt objects on an already-tracked frame without re-running the others, a
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,26 @@ def video_config_from_image_config(image_config: Any, **memory: Any) -> Any:
     )
 
 
+def source_is_image_only(path: Path) -> bool:
+    """True when ``path`` holds an image-only ``sam2`` checkpoint (its config says so)."""
+    config = Path(path) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "sam2"
+
+
+@contextlib.contextmanager
+def quiet_load_report(quiet: bool = True) -> Iterator[None]:
+    """Silence transformers' per-key load report while an image-only checkpoint becomes a video model: it lists
+    every memory-module weight as missing (~60 lines), which the caller's one-line warning already says."""
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    if quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 class Sam2Video:
     """A loaded SAM 2 video model plus its run settings; :meth:`new_session` starts a streaming session."""
 
@@ -139,7 +162,8 @@ class Sam2Video:
             config = video_config_from_image_config(config)
         elif config.model_type != "sam2_video":
             raise ValueError(f"expected a sam2 or sam2_video checkpoint at {source}, got {config.model_type!r}")
-        model: Any = Sam2VideoModel.from_pretrained(source, config=config, local_files_only=True)
+        with quiet_load_report(source_is_image_only(source)):
+            model: Any = Sam2VideoModel.from_pretrained(source, config=config, local_files_only=True)
         weights = [p for p in source.iterdir() if p.suffix in (".safetensors", ".bin")]
         sha = sha256_of_files(weights)[:8]
         return cls(model.to(device=dev, dtype=dt), f"sam2_video:{source.name}@{sha}", str(dev), dt)

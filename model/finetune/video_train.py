@@ -123,7 +123,7 @@ def load_video_model(path: Path, memory_config: dict[str, Any] | None = None) ->
     new (then re-initialised with PyTorch's defaults: transformers' N(0, 0.02) is too small at tiny widths)."""
     from transformers import AutoConfig, Sam2VideoModel
 
-    from model.video_model import video_config_from_image_config
+    from model.video_model import quiet_load_report, video_config_from_image_config
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     fresh = config.model_type == "sam2"
@@ -131,7 +131,8 @@ def load_video_model(path: Path, memory_config: dict[str, Any] | None = None) ->
         config = video_config_from_image_config(config, **(memory_config or {}))
     elif config.model_type != "sam2_video":
         raise ValueError(f"expected a sam2 or sam2_video checkpoint at {path}, got {config.model_type!r}")
-    model = Sam2VideoModel.from_pretrained(path, config=config, local_files_only=True)
+    with quiet_load_report(fresh):
+        model = Sam2VideoModel.from_pretrained(path, config=config, local_files_only=True)
     if fresh:
         torch.manual_seed(0)
         for name, module in model.named_children():

@@ -271,6 +271,20 @@ def test_video_model_loads_from_an_image_only_sam2_checkpoint_and_tracks_a_promp
         assert session.step(np.zeros((32, 40, 3), np.uint8))[1].mask.shape == (32, 40)
 
 
+def test_loading_an_image_only_checkpoint_as_video_says_so_in_one_line_not_a_per_key_report(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from model.testing import save_tiny_sam2
+
+    save_tiny_sam2(tmp_path, image_size=64, hidden_size=128)
+    capfd.readouterr()
+    with caplog.at_level("WARNING", logger="model.video_model"):
+        Sam2Video.from_pretrained(tmp_path, device="cpu")
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed and "MISSING" not in printed, printed[:500]
+    assert any("memory modules are untrained" in r.getMessage() for r in caplog.records)
+
+
 def test_session_rejects_wrong_frame_size_and_prompt_before_first_frame() -> None:
     video = Sam2Video(tiny_sam2_video_model(), "tiny")
     session = video.new_session(H, W)
