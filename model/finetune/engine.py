@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -33,6 +31,7 @@ from model.finetune.modelio import (
     write_card,
 )
 from model.finetune.prompts import corrective_click, jitter_box, mask_box, random_point
+from model.finetune.schedule import cosine_lr, log_row, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +92,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     step = 0
 
     def progress() -> float:
-        p = step / config.steps
-        if budget_s is not None:
-            p = max(p, (time.monotonic() - start) / budget_s)
-        return min(p, 1.0)
+        return run_progress(step, config.steps, start, budget_s)
 
     def evaluate(lr: float) -> None:
         nonlocal best_score, best, last_eval
@@ -111,9 +107,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         }
         running.clear()
         running_iou.clear()
-        history.append(row)
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        log_row(log_path, history, row)
         logger.info("step %d %.1f min: %s", step, row["minutes"], metrics)
         score = (metrics["box_iou"] + metrics["point_iou"]) / 2
         if score > best_score:
@@ -125,8 +119,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     lr = config.lr
     while step < config.steps and progress() < 1.0:
         p = progress()
-        warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
-        lr = config.lr * warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+        lr = cosine_lr(config.lr, step, p, config.warmup_steps, config.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
         batch = [config.data.sample(rng, p) for _ in range(config.batch_size)]
@@ -188,9 +181,8 @@ def prompt_warmup(
     n, start = config.prompt_warmup_steps, time.monotonic()
     ious: list[float] = []
     for step in range(n):
-        warm = min(1.0, (step + 1) / 20)
         for group in opt.param_groups:
-            group["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / n)))
+            group["lr"] = cosine_lr(config.lr, step, step / n, 20, 0.05)
         batch = [drills.sample(rng, 0.0) for _ in range(config.batch_size)]
         loss, stats = _step_loss(model, batch, drill, rng, device, size, cache)
         _optimizer_step(opt, loss, params, config.grad_clip)

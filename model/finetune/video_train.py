@@ -14,9 +14,7 @@ and ``Sam2Video`` both load.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from model.finetune.data import ImageSource
 from model.finetune.engine import _optimizer_step, _step_loss
 from model.finetune.evaluate import prompt_iou
 from model.finetune.modelio import read_card, write_card
+from model.finetune.schedule import cosine_lr, log_row, run_progress
 from model.finetune.video import clip_loss
 from model.synthetic import SyntheticDomain
 
@@ -209,10 +208,7 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
     step = 0
 
     def progress() -> float:
-        p = step / config.steps
-        if config.budget_s is not None:
-            p = max(p, (time.monotonic() - start) / config.budget_s)
-        return min(p, 1.0)
+        return run_progress(step, config.steps, start, config.budget_s)
 
     def evaluate(lr: float) -> None:
         nonlocal best_score, best, last_eval
@@ -227,9 +223,7 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
         }
         running.clear()
         running_j.clear()
-        history.append(row)
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        log_row(log_path, history, row)
         logger.info("step %d %.1f min: %s", step, row["minutes"], {k: float(f"{v:.4g}") for k, v in row.items()})
         score = (row["j_box"] + row["j_mask"]) / 2
         image_ok = all(row[k] >= v for k, v in floor.items())
@@ -240,9 +234,7 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
 
     lr = config.lr
     while step < config.steps and progress() < 1.0:
-        warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
-        cos = 0.5 * (1 + math.cos(math.pi * progress()))
-        lr = config.lr * warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cos)
+        lr = cosine_lr(config.lr, step, progress(), config.warmup_steps, config.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr * group["scale"]
         motion = min(1.0, progress() / config.motion_until) if config.motion_until > 0 else 1.0
