@@ -121,14 +121,19 @@ class LabelStudioClient:
 
     # -- tasks -------------------------------------------------------------------------------------------------------
     def import_tasks_raw(self, project_id: int, body: bytes) -> list[int]:
-        """POST an already serialised JSON task list; returns the created task ids in order.
+        """POST an already serialised JSON task list; returns the created task ids in order."""
+        return self.import_tasks_counted(project_id, body)[0]
+
+    def import_tasks_counted(self, project_id: int, body: bytes) -> tuple[list[int], int]:
+        """POST an already serialised JSON task list; returns the created task ids in order and how many
+        predictions Label Studio created with them.
 
         Not retried: a timeout after Label Studio committed would duplicate tasks; callers reconcile instead.
         """
         data = self.request(
             "POST", f"/api/projects/{project_id}/import", content=body, params={"return_task_ids": "true"}, retry=False
         )
-        return [int(t) for t in data.get("task_ids", [])]
+        return [int(t) for t in data.get("task_ids", [])], int(data.get("prediction_count") or 0)
 
     def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
         return self.import_tasks_raw(project_id, json.dumps(list(tasks)).encode())

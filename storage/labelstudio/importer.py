@@ -79,6 +79,7 @@ class ImportReport:
     refreshed: int = 0  # existing task got the new model version's prediction
     reconciled: int = 0  # tasks found in Label Studio that the catalog had lost (crash between POST and commit)
     batches: int = 0
+    restored: int = 0  # new tasks whose prediction Label Studio dropped, added again
 
 
 # -- projects ------------------------------------------------------------------------------------------------------
@@ -281,11 +282,12 @@ def _post_batch(
     body: bytes,
     attempts: int,
     backoff_s: float,
-) -> list[int] | None:
-    """POST one batch; on a transport error or 5xx, wait and return None so the caller reconciles and re-sends."""
+) -> tuple[list[int], int] | None:
+    """POST one batch: the created task ids and how many predictions came with them. On a transport error or 5xx,
+    wait and return None so the caller reconciles and re-sends."""
     for attempt in range(1, attempts + 1):
         try:
-            return client.import_tasks_raw(project.ls_project_id, body)
+            return client.import_tasks_counted(project.ls_project_id, body)
         except (httpx.TransportError, LabelStudioError) as exc:
             if isinstance(exc, LabelStudioError) and exc.status < 500 and exc.status != 429:
                 raise
@@ -329,18 +331,19 @@ def import_predictions(
     old_idx = [i for i, item in enumerate(todo) if item.key in known and known[item.key][1] != item.model_version]
     skipped = len(todo) - len(new_idx) - len(old_idx)
 
-    created = batches = 0
+    created = batches = restored = 0
     pending = new_idx
     while pending:
         blobs = [_task_json(todo[i], results[i], config.data_key) for i in pending]
         resend: list[int] = []
         for batch in _batches(blobs, max_batch_bytes, max_batch_tasks):
             body = b"[" + b",".join(blobs[b] for b in batch) + b"]"
-            task_ids = _post_batch(client, catalog, project, body, attempts, backoff_s)
+            posted = _post_batch(client, catalog, project, body, attempts, backoff_s)
             batches += 1
-            if task_ids is None:  # partially applied; reconcile recorded what landed
+            if posted is None:  # partially applied; reconcile recorded what landed
                 resend.extend(pending[b] for b in batch)
                 continue
+            task_ids, predicted = posted
             if len(task_ids) != len(batch):
                 raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for a batch of {len(batch)}")
             _record_tasks(
@@ -352,6 +355,9 @@ def import_predictions(
                 ),
             )
             created += len(batch)
+            if predicted < len(batch):  # each task carries one prediction
+                made = [(tid, todo[pending[b]], results[pending[b]]) for b, tid in zip(batch, task_ids, strict=True)]
+                restored += _restore_predictions(client, project, made)
         if resend:
             known = _known_tasks(catalog, project)
             reconciled += sum(1 for i in resend if todo[i].key in known)
@@ -366,9 +372,39 @@ def import_predictions(
     )
     if set_project_version and todo:
         client.update_project(project.ls_project_id, model_version=todo[-1].model_version)
-    report = ImportReport(created=created, skipped=skipped, refreshed=refreshed, reconciled=reconciled, batches=batches)
+    report = ImportReport(
+        created=created, skipped=skipped, refreshed=refreshed, reconciled=reconciled, batches=batches, restored=restored
+    )
     logger.info("Label Studio import into %s: %s", project.name, report)
     return report
+
+
+def _restore_predictions(
+    client: LabelStudioClient,
+    project: LabelStudioProject,
+    made: Sequence[tuple[int, ImportItem, list[dict[str, Any]]]],
+) -> int:
+    """Add the prediction of each new task that Label Studio created without it; returns how many.
+
+    Label Studio 1.23 on SQLite retries an import that hit 'database is locked' (another import held the write lock)
+    after the first try has already taken the predictions out of the tasks: the retry creates the tasks bare.
+    """
+    missing = [(tid, item, res) for tid, item, res in made if not client.list_predictions(tid)]
+    if not missing:
+        return 0
+    logger.warning(
+        "Label Studio created %d task(s) of project %s without their prediction (tasks %s); adding them",
+        len(missing),
+        project.name,
+        [tid for tid, _, _ in missing],
+    )
+    client.import_predictions(
+        project.ls_project_id, [{"task": tid, **_prediction(item, res)} for tid, item, res in missing]
+    )
+    still = [tid for tid, _, _ in missing if not client.list_predictions(tid)]
+    if still:
+        raise RuntimeError(f"Label Studio tasks {still} of project {project.name!r} still have no prediction")
+    return len(missing)
 
 
 def _refresh(
