@@ -47,7 +47,9 @@ class VideoFinetuneConfig:
     fraction`` of the time a mask). ``base`` is a ``sam2`` (image-only: memory modules start from PyTorch's default
     initialisation) or ``sam2_video`` checkpoint. Stops at ``steps`` or ``budget_s``; linear warm-up then cosine
     decay to ``min_lr_ratio``; the mask decoder at ``decoder_lr_scale`` times that. ``memory_config`` overrides ``Sam2VideoConfig`` memory settings when ``base`` is
-    image-only (e.g. ``memory_attention_num_layers``). ``motion_until`` > 0 is a curriculum: clips start still
+    image-only (e.g. ``memory_attention_num_layers``). ``focal_weight`` weighs focal against dice in the mask loss
+    (SAM 2's 20 for fine-tuning; a memory path trained from scratch needs a dice-dominated loss, as the image recipe
+    does). ``motion_until`` > 0 is a curriculum: clips start still
     (only memory tells the objects apart, so the memory path must be read) and reach full motion at that fraction
     of the run. The best checkpoint by held-out J on ``eval_clips`` clips goes to ``best_dir``
     (default ``out_dir / "best"``) once it beats ``best_to_beat``."""
@@ -75,6 +77,7 @@ class VideoFinetuneConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     mask_prompt_fraction: float = 0.5
+    focal_weight: float = 20.0
     loss_size: int | None = None
     eval_clips: int = 6
     eval_frames: int = 8
@@ -244,7 +247,9 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
             continue
         prompt = "mask" if rng.random() < config.mask_prompt_fraction else "box"
         with amp:
-            result = clip_loss(model, frames, masks, loss_size=config.loss_size, prompt=prompt)
+            result = clip_loss(
+                model, frames, masks, loss_size=config.loss_size, prompt=prompt, focal_weight=config.focal_weight
+            )
             loss = result.loss
             if image_cfg is not None:
                 assert config.image_data is not None
@@ -345,6 +350,7 @@ def _card(config: VideoFinetuneConfig, row: dict[str, float], fresh: bool) -> di
             )
             + ("; memory modules started from PyTorch's default initialisation" if fresh else "")
         ),
+        "video loss": f"{config.focal_weight:g} focal + 1 dice + IoU-head MSE on propagated frames, object-score BCE",
         "video optimizer": f"AdamW lr {config.lr:g}, warm-up {config.warmup_steps} steps, cosine to "
         f"{config.min_lr_ratio:g}x",
         **config.extra_card,
