@@ -31,7 +31,7 @@ from model.finetune.modelio import (
     write_card,
 )
 from model.finetune.prompts import corrective_click, jitter_box, mask_box, random_point
-from model.finetune.schedule import cosine_lr, log_row, run_progress
+from model.finetune.schedule import cosine_lr, log_row, row_head, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         nonlocal best_score, best, last_eval
         metrics = prompt_iou(model, eval_set, str(device))
         row = {
-            "step": float(step),
-            "minutes": (time.monotonic() - start) / 60,
-            "lr": lr,
-            "train_loss": float(np.mean(running)) if running else float("nan"),
+            **row_head(step, start, lr, running),
             "train_iou": float(np.mean(running_iou)) if running_iou else float("nan"),
             **metrics,
         }

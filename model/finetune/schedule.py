@@ -25,6 +25,17 @@ def cosine_lr(base: float, step: int, progress: float, warmup_steps: int, min_ra
     return base * warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def row_head(step: int, started: float, lr: float, losses: list[float]) -> dict[str, float]:
+    """The fields every evaluation row starts with: step, minutes since ``started`` (monotonic), lr, mean train
+    loss since the last row (NaN when none)."""
+    return {
+        "step": float(step),
+        "minutes": (time.monotonic() - started) / 60,
+        "lr": lr,
+        "train_loss": float(sum(losses) / len(losses)) if losses else float("nan"),
+    }
+
+
 def log_row(path: Path, history: list[dict[str, float]], row: dict[str, float]) -> None:
     """Keep one evaluation row in ``history`` and append it to the run's ``metrics.jsonl``."""
     history.append(row)

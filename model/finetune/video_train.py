@@ -28,7 +28,7 @@ from model.finetune.data import ImageSource
 from model.finetune.engine import _optimizer_step, _step_loss
 from model.finetune.evaluate import prompt_iou
 from model.finetune.modelio import read_card, write_card
-from model.finetune.schedule import cosine_lr, log_row, run_progress
+from model.finetune.schedule import cosine_lr, log_row, row_head, run_progress
 from model.finetune.video import clip_loss
 from model.synthetic import SyntheticDomain
 
@@ -216,10 +216,7 @@ def finetune_video(config: VideoFinetuneConfig) -> FinetuneResult:
     def evaluate(lr: float) -> None:
         nonlocal best_score, best, last_eval
         row = {
-            "step": float(step),
-            "minutes": (time.monotonic() - start) / 60,
-            "lr": lr,
-            "train_loss": float(np.mean(running)) if running else float("nan"),
+            **row_head(step, start, lr, running),
             "train_j": float(np.nanmean(running_j)) if running_j else float("nan"),
             **video_j(model, eval_set),
             **(prompt_iou(model, image_eval, str(device)) if image_eval else {}),

@@ -343,8 +343,7 @@ def assert_each_image_once_in_label_studio(cluster: Cluster, ls_client: LabelStu
 
 def _prediction_report(ls_client: LabelStudioClient, task: dict[str, Any]) -> str:
     """What Label Studio says about one task's predictions, for a failure message."""
-    found: Any = ls_client.list_predictions(task["id"])
-    found = found.get("results", found) if isinstance(found, dict) else found
+    found = ls_client.list_predictions(task["id"])
     return (
         f"task {task['id']} (asset {task['data'].get('maskloop_asset_id')}, total_predictions "
         f"{task.get('total_predictions')}): /api/predictions?task= has {[(p['id'], p['model_version']) for p in found]}"

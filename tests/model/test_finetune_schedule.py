@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from model.finetune.schedule import cosine_lr, log_row, run_progress
+from model.finetune.schedule import cosine_lr, log_row, row_head, run_progress
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,11 @@ def test_log_row_keeps_and_appends_each_row(tmp_path):
         log_row(tmp_path / "metrics.jsonl", history, {"step": step})
     assert history == [{"step": 1.0}, {"step": 2.0}]
     assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == history
+
+
+def test_row_head_averages_the_losses_since_the_last_row_and_is_nan_without_any():
+    row = row_head(7, time.monotonic(), 1e-3, [1.0, 3.0])
+    assert (row["step"], row["lr"], row["train_loss"]) == (7.0, 1e-3, 2.0) and row["minutes"] >= 0
+    assert (
+        row_head(0, time.monotonic(), 1e-3, [])["train_loss"] != row_head(0, time.monotonic(), 1e-3, [])["train_loss"]
+    )
