@@ -46,13 +46,14 @@ def sample_media(images: int = 12, clips: int = 1, seed: int = 2026) -> dict[str
 
 
 def choose_model(settings: Settings) -> tuple[str, str]:
-    """(model id, one line saying which model the demo uses and why)."""
+    """(model id, one line saying which model the demo uses and why). The configured checkpoint counts only when it
+    is on this machine (a directory, a .pt file, or the Hugging Face cache): the demo never contacts the hub."""
     from model.cache import get_segmenter
     from model.errors import ModelNotAvailableError
     from tasks.models import device_of, resolve_model_id
 
     try:
-        get_segmenter(resolve_model_id(settings.model_id), device=device_of(settings))
+        get_segmenter(resolve_model_id(settings.model_id), device=device_of(settings), local_files_only=True)
         return settings.model_id, f"model: {settings.model_id} (found on this machine)"
     except (ModelNotAvailableError, OSError) as error:
         reason = str(error).splitlines()[0][:200]

@@ -40,10 +40,40 @@ def probe_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """``(height, width)`` of the upright image from its header alone (no pixel decoding), with the same refusals as
     :func:`decode_image` for unreadable, empty and oversized images. A file whose pixels are corrupt past its header
     passes here and fails in :func:`decode_image`."""
+    from PIL import Image
+
     with _opened(data, name, max_pixels) as image:
         width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
+        if image.format == "PNG" and not _png_metadata_after_pixels(data):
+            # Pillow's PNG getexif() decodes every pixel to look for metadata stored after the image data; the
+            # chunk scan says there is none, so what the header held (read at open) is all there is.
+            exif = Image.Image.getexif(image)
+        else:
+            exif = image.getexif()
+        orientation = exif.get(0x0112, 1)
     return (width, height) if orientation in _SWAPS_AXES else (height, width)
+
+
+_PNG_LATE_METADATA = frozenset({b"eXIf", b"iTXt", b"tEXt", b"zTXt"})  # where EXIF and XMP orientation can live
+
+
+def _png_metadata_after_pixels(data: bytes | bytearray | memoryview) -> bool:
+    """Whether a PNG has a metadata chunk after its first IDAT, which Pillow reads only by decoding the pixels.
+    Walks the chunk headers (lengths only, nothing decompressed); an odd or truncated layout answers True, so the
+    caller falls back to Pillow's full read."""
+    view = memoryview(data)
+    pos, seen_pixels = 8, False  # after the 8-byte signature
+    while pos + 8 <= len(view):
+        length = int.from_bytes(view[pos : pos + 4], "big")
+        kind = bytes(view[pos + 4 : pos + 8])
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            seen_pixels = True
+        elif seen_pixels and kind in _PNG_LATE_METADATA:
+            return True
+        pos += 12 + length  # length, type, data, CRC
+    return True
 
 
 @contextmanager

@@ -6,6 +6,7 @@ Object keys are untrusted: local cache paths are derived from a hash of the key,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -54,8 +55,27 @@ class S3Object:
         return f"s3://{self.bucket}/{self.key}"
 
 
+def _botocore_session() -> Any:
+    """A fresh botocore session that reads its service models through the process's one shared loader."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _shared_loader())
+    return session
+
+
+@functools.cache
+def _shared_loader() -> Any:
+    """The per-process cache of botocore's parsed service and endpoint models (read-only once loaded). A fresh
+    session parses S3's model again: 0.13-0.25 s of Python per client, 0.025 s with this loader, measured here."""
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
 def make_client(settings: Settings, *, max_pool: int | None = None) -> Any:
-    """A boto3 S3 client: path-style addressing, SigV4, checksums only when required (older S3-compatible servers)."""
+    """A boto3 S3 client: path-style addressing, SigV4, checksums only when required (older S3-compatible servers).
+    Each call builds its own client (thread-safe, safe to close); the parsed service models are shared."""
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path"},
@@ -68,7 +88,7 @@ def make_client(settings: Settings, *, max_pool: int | None = None) -> Any:
     )
     key = settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None
     secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
-    return boto3.session.Session().client(
+    return boto3.session.Session(botocore_session=_botocore_session()).client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
@@ -130,9 +150,11 @@ def cache_path(cache_dir: Path, bucket: str, key: str, etag: str) -> Path:
     suffix = os.path.splitext(key.replace("\x00", ""))[1].lower()
     if suffix not in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
         suffix = ""
-    root = cache_dir.resolve()
-    path = (root / bucket / digest[:2] / f"{digest}{suffix}").resolve()
-    if not path.is_relative_to(root):
+    # Lexical, no resolve(): the bucket is one validated component and the rest is hex, so nothing can climb out;
+    # resolve() costs an lstat per component, and each syscall hands the GIL to the model thread and back.
+    root = Path(os.path.abspath(cache_dir))
+    path = root / bucket / digest[:2] / f"{digest}{suffix}"
+    if Path(os.path.normpath(path)) != path or not path.is_relative_to(root):
         raise ValueError(f"cache path for key {key!r} escapes the cache dir")
     return path
 

@@ -37,3 +37,19 @@ def test_demo_uses_the_bundled_model_when_sam2_is_not_on_this_machine(
     model_id, line = choose_model(Settings(data_dir=tmp_path, model_id="facebook/sam2.1-hiera-tiny", device="cpu"))
     assert model_id == DEMO_MODEL
     assert line.startswith(f"model: {DEMO_MODEL}") and "facebook/sam2.1-hiera-tiny" in line and "\n" not in line
+
+
+def test_demo_looks_for_sam2_on_this_machine_only_and_never_contacts_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.loading
+
+    def no_hub(*_args: object, **_kwargs: object) -> tuple[bool, str]:
+        raise AssertionError("the demo tried to reach the Hugging Face hub")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(model.loading, "hub_reachable", no_hub)
+    model_id, line = choose_model(Settings(data_dir=tmp_path, model_id="facebook/sam2.1-hiera-tiny", device="cpu"))
+    assert model_id == DEMO_MODEL
+    assert "not in the local Hugging Face cache" in line  # the reason is the local lookup, not a failed connection

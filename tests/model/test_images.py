@@ -145,6 +145,37 @@ def test_probe_image_reads_the_header_only_so_corrupt_pixels_pass_it_and_fail_de
         decode_image(data, "key/cut.jpg")
 
 
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    import zlib
+
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
+def _png_with_exif_after_pixels(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    plain = _encode(image, "PNG")
+    iend = plain.rindex(b"IEND") - 4
+    return plain[:iend] + _png_chunk(b"eXIf", exif.tobytes()) + plain[iend:]
+
+
+def test_probe_image_reads_a_png_header_only_so_corrupt_pixels_pass_it_and_fail_decoding() -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    whole = _encode(Image.fromarray(noise), "PNG")
+    start = whole.index(b"IDAT") + 4
+    data = whole[:start] + bytes(b ^ 0xFF for b in whole[start : start + 64]) + whole[start + 64 :]
+    assert probe_image(data, "key/bad-pixels.png") == (64, 48)
+    with pytest.raises(BadMediaError, match="corrupt or truncated"):
+        decode_image(data, "key/bad-pixels.png")
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_probe_image_finds_png_exif_stored_after_the_pixels(orientation: int) -> None:
+    data = _png_with_exif_after_pixels(Image.fromarray(np.zeros((4, 6, 3), np.uint8)), orientation)
+    assert probe_image(data, "late.png") == decode_image(data, "late.png").shape[:2]
+    assert probe_image(data, "late.png") == ((6, 4) if orientation in (6, 8) else (4, 6))
+
+
 @pytest.mark.parametrize(
     ("data", "max_pixels", "reason"),
     [

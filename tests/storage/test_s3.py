@@ -130,3 +130,14 @@ def test_presigned_url_serves_the_object_over_http(s3, bucket: str) -> None:  # 
     url = presigned_get_url(s3, bucket, "p/x.png", ttl_s=3600)
     assert "X-Amz-Signature" in url
     assert httpx.get(url).content == b"pixels"
+
+
+def test_clients_share_parsed_service_models_but_close_independently(settings, bucket: str) -> None:  # noqa: ANN001
+    from storage.s3 import make_client
+
+    first, second = make_client(settings), make_client(settings)
+    assert first is not second
+    assert first._loader is second._loader  # S3's service model is parsed once per process, not per client
+    first.put_object(Bucket=bucket, Key="a.png", Body=b"x")
+    first.close()
+    assert second.get_object(Bucket=bucket, Key="a.png")["Body"].read() == b"x"
