@@ -18,6 +18,10 @@ Prefect), which here share the same machine. ``--threads 0`` leaves torch's defa
 whose services run elsewhere, so the ratio shows the pipeline's own cost, not the servers' CPU on the model's core.
 On 2026-11-22 (2 cores, batch 64) it gave 0.83 against 0.85 unpinned in the same session: the servers are not what
 slows the model task (38-40 s in the flow against 35 s bare); the rest of the flow's own process is.
+
+``--repeat N`` runs N pipeline rounds (new keys each time), each between two bare runs, and prints every round's
+ratio and their median: on a machine whose speed drifts, one round says little. docs/prelabel-throughput.md has
+the diagnosis (GIL contention between the model thread and the download/import threads) and the figures.
 """
 
 from __future__ import annotations
