@@ -138,6 +138,9 @@ def test_clients_share_parsed_service_models_but_close_independently(settings, b
     first, second = make_client(settings), make_client(settings)
     assert first is not second
     assert first._loader is second._loader  # S3's service model is parsed once per process, not per client
+    paths = list(first._loader.search_paths)
+    make_client(settings)
+    assert first._loader.search_paths == paths and len(set(paths)) == len(paths)  # no path added per client
     first.put_object(Bucket=bucket, Key="a.png", Body=b"x")
     first.close()
     assert second.get_object(Bucket=bucket, Key="a.png")["Body"].read() == b"x"
