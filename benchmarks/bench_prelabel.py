@@ -59,7 +59,10 @@ def main() -> None:
         "--s3", choices=("seaweedfs", "moto"), default="seaweedfs", help="S3 server (seaweedfs: the local stack's)"
     )
     parser.add_argument(
-        "--io", choices=("threads", "processes"), default="threads", help="where the download/import tasks run"
+        "--io",
+        default="process",
+        help="where the download/import task bodies run: process (the I/O helper process, the default) or threads "
+        "(the flow's own); a comma list alternates them round by round, an A/B on the same drifting machine",
     )
     parser.add_argument(
         "--pin-services", action="store_true", help="servers on the last core, this process on the others (Linux)"
@@ -149,18 +152,21 @@ def main() -> None:
             )
             client = make_client(settings)
             client.create_bucket(Bucket="bench")
-            if args.io == "processes":
-                from prefect.task_runners import ProcessPoolTaskRunner
-
-                prelabel_flow = prelabel_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=2))
+            modes = args.io.split(",")
+            if not set(modes) <= {"process", "threads"}:
+                parser.error(f"--io takes process and/or threads, got {args.io!r}")
             # every bare run happens with the servers up and idle, as they are around the pipeline runs
             bares.append(bare_rate())
-            for r in range(args.repeat):  # each round: new keys (new assets), then the bare model again
+            for r in range(args.repeat * len(modes)):  # each round: new keys (new assets), then the bare model again
+                mode = modes[r % len(modes)]
                 for i, blob in enumerate(blobs):
                     client.put_object(Bucket="bench", Key=f"in{r}/{i:05d}.png", Body=blob)
                 start = time.perf_counter()
                 result = prelabel_flow(
-                    f"s3://bench/in{r}/", batch_size=args.batch, strategy_params=strategy_params, settings=settings
+                    f"s3://bench/in{r}/",
+                    batch_size=args.batch,
+                    strategy_params=strategy_params,
+                    settings=settings.model_copy(update={"io_process": mode == "process"}),
                 )
                 wall = time.perf_counter() - start
                 done = int(result["done"])
@@ -168,7 +174,17 @@ def main() -> None:
                 bares.append(bare_rate())
                 bare = (bares[-2] + bares[-1]) / 2
                 model_s = float(result.get("model_seconds", float("nan")))
-                runs.append({"bare": bare, "pipeline": done / wall, "wall": wall, "model_s": model_s, "done": done})
+                runs.append(
+                    {
+                        "bare": bare,
+                        "pipeline": done / wall,
+                        "wall": wall,
+                        "model_s": model_s,
+                        "done": done,
+                        "mode": mode,
+                        "io_helper_calls": result.get("io_helper_calls", 0),
+                    }
+                )
 
     print(
         f"images: {args.images} at {args.size}px, batch {args.batch}, everything {args.points_per_side}x{args.points_per_side} points"
@@ -179,17 +195,21 @@ def main() -> None:
     if args.pin_services:
         print(f"servers pinned to core {cores[-1]}, this process to cores {cores[:-1]}")
     for r, run in enumerate(runs):
+        slower = run["model_s"] / (run["done"] / run["bare"]) - 1  # model task against the bare model's time
         print(
-            f"round {r + 1}: bare model (decode + auto-prompt + RLE) {run['bare']:.2f} images/s (mean of the runs "
-            f"before and after); pipeline (S3 -> SAM 2 -> catalog -> Label Studio) {run['pipeline']:.2f} images/s, "
-            f"{run['done']} done, {run['model_s']:.1f} s of {run['wall']:.1f} s in the model task; "
+            f"round {r + 1} ({run['mode']}): bare model (decode + auto-prompt + RLE) {run['bare']:.2f} images/s (mean "
+            f"of the runs before and after); pipeline (S3 -> SAM 2 -> catalog -> Label Studio) {run['pipeline']:.2f} "
+            f"images/s, {run['done']} done, {run['model_s']:.1f} s of {run['wall']:.1f} s in the model task "
+            f"({100 * slower:+.1f}% against bare), {run['io_helper_calls']} I/O calls in the helper process; "
             f"ratio {run['pipeline'] / run['bare']:.2f}"
         )
-    ratios = sorted(run["pipeline"] / run["bare"] for run in runs)
     print(f"bare model runs (images/s): {', '.join(f'{b:.2f}' for b in bares)}")
-    print(
-        f"ratio pipeline / bare model: {statistics.median(ratios):.2f} median of {len(ratios)} (range {ratios[0]:.2f}-{ratios[-1]:.2f}; goal >= 0.90)"
-    )
+    for mode in dict.fromkeys(run["mode"] for run in runs):
+        ratios = sorted(run["pipeline"] / run["bare"] for run in runs if run["mode"] == mode)
+        print(
+            f"ratio pipeline / bare model, I/O in {mode}: {statistics.median(ratios):.2f} median of {len(ratios)} "
+            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}; goal >= 0.90)"
+        )
 
 
 def _descendants(root: int) -> list[int]:

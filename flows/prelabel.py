@@ -1,7 +1,7 @@
 """Flow ``prelabel``: bucket → SAM 2 → Label Studio, resumable and overlapped.
 
 Discover new asset revisions, then per batch: fetch (threads) → segment (the model, in the flow's thread) →
-import into Label Studio (threads). While batch k is being segmented, batch k+1 is downloaded and batch k-1 is
+import into Label Studio (threads). The fetch and import bodies run in a helper process (:mod:`tasks.io_process`). While batch k is being segmented, batch k+1 is downloaded and batch k-1 is
 imported. Kill it at any point and run it again: nothing already imported is lost or imported twice.
 """
 
@@ -26,6 +26,7 @@ from storage.s3 import parse_s3_uri
 from storage.settings import Settings
 from tasks import prelabel_ops as ops
 from tasks.discovery import discover_assets
+from tasks.io_process import IoProcess
 from tasks.models import Models
 from tasks.prelabel import fetch_batch, import_batch, segment_batch
 
@@ -73,7 +74,7 @@ def prelabel_flow(
     run_id = ops.start_run(catalog, "prelabel", _jsonable(params), flow_run_id)
     started = time.perf_counter()
     counts: dict[str, float] = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0, "model_seconds": 0.0}
-    status, model_version = "failed", ""
+    status, model_version, io_helper_calls = "failed", "", 0
     lineage: tuple[str | None, str | None] = (None, None)
     try:
         models = Models.load(settings, params.model_id, params.strategy)  # once per process; fails before any work
@@ -97,7 +98,9 @@ def prelabel_flow(
                 shown = time.monotonic()
             progress_log.info("batch %d/%d", done, total, extra={"done": done, "total": total, "assets": len(todo)})
 
-        run_batches(settings, catalog_url, run_id, batches, params, model_version, counts, on_batch=on_batch)
+        io_helper_calls = run_batches(
+            settings, catalog_url, run_id, batches, params, model_version, counts, on_batch=on_batch
+        )
         status = "completed"
     finally:
         elapsed = time.perf_counter() - started
@@ -114,7 +117,7 @@ def prelabel_flow(
         description=f"prelabel {source}",
     )
     logger.info("prelabel run %d: %s in %.1fs", run_id, counts, elapsed)
-    return {"run_id": run_id, "model_version": model_version, **counts, **timings}
+    return {"run_id": run_id, "model_version": model_version, **counts, **timings, "io_helper_calls": io_helper_calls}
 
 
 def _jsonable(params: ops.PrelabelParams) -> dict[str, Any]:
@@ -144,18 +147,43 @@ def run_batches(
     counts: dict[str, float],
     gpu_limit: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
-) -> None:
+) -> int:
     """The pre-label pipeline over ``batches``: batch k+1 downloads while batch k is on the model (in the flow's
-    thread, inside a ``gpu_limit`` slot when given) and batch k-1 is imported into Label Studio. ``counts`` (done,
-    failed, instances, skipped, model_seconds) is updated as batches finish, so a crash leaves what was counted."""
+    thread, inside a ``gpu_limit`` slot when given) and batch k-1 is imported into Label Studio. The download and
+    import bodies run in an I/O helper process (``settings.io_process``) so they do not slow the model thread down.
+    ``counts`` (done, failed, instances, skipped, model_seconds) is updated as batches finish, so a crash leaves what
+    was counted. Returns how many I/O calls ran in the helper process (the rest ran in threads while it started)."""
+    with IoProcess(enabled=settings.io_process and bool(batches)) as io:
+        _pipeline(settings, catalog_url, run_id, batches, params, model_version, counts, gpu_limit, on_batch, io)
+    if batches:
+        get_run_logger().info(
+            "I/O stages: %d calls in the helper process, %d in the flow's threads",
+            io.calls_in_child,
+            io.calls_in_thread,
+        )
+    return io.calls_in_child
+
+
+def _pipeline(
+    settings: Settings,
+    catalog_url: str,
+    run_id: int,
+    batches: list[list[int]],
+    params: ops.PrelabelParams,
+    model_version: str,
+    counts: dict[str, float],
+    gpu_limit: str | None,
+    on_batch: Callable[[int, int], None] | None,
+    io: IoProcess,
+) -> None:
     fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
     imports: list[PrefectFuture[ops.StageReport]] = []
     if batches:
-        fetched[0] = fetch_batch.submit(settings, catalog_url, run_id, batches[0])
+        fetched[0] = fetch_batch.submit(settings, catalog_url, run_id, batches[0], io)
     for k in range(len(batches)):
         got = fetched.pop(k).result()
         if k + 1 < len(batches):  # download batch k+1 while batch k is on the model (not before: k goes first)
-            fetched[k + 1] = fetch_batch.submit(settings, catalog_url, run_id, batches[k + 1])
+            fetched[k + 1] = fetch_batch.submit(settings, catalog_url, run_id, batches[k + 1], io)
         counts["failed"] += len(got.failed)
         with gpu_slot(gpu_limit):
             seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
@@ -165,7 +193,7 @@ def run_batches(
         counts["skipped"] += len(seg.skipped)
         ready = sorted([*seg.ok, *seg.skipped])
         imports.append(
-            import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, wait_for=imports[-1:])  # type: ignore[call-overload]
+            import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, io, wait_for=imports[-1:])  # type: ignore[call-overload]
         )
         if on_batch is not None:
             on_batch(k + 1, len(batches))

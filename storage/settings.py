@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         "cores minus one leaves a core to the download and Label Studio import threads.",
     )
 
+    io_process: bool = Field(
+        default=True,
+        description="Run the pre-label flow's download and Label Studio import task bodies in a helper process, so "
+        "their Python does not take the GIL from the model thread; false runs them in the flow's threads.",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

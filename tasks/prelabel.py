@@ -1,7 +1,9 @@
 """Prefect tasks of the pre-label flow: one task per batch (32-256 images or one video), ids in, ids out.
 
 I/O tasks (S3, Label Studio, SQL) retry with exponential backoff and jitter; the model task is not retried on bad
-input (bad objects are recorded and skipped inside it). The model is loaded once per worker process.
+input (bad objects are recorded and skipped inside it). The model is loaded once per worker process. The I/O task
+bodies run in the flow's I/O helper process when it has one (``io``; :mod:`tasks.io_process`), so their Python does
+not take the GIL from the model thread; retries, states and logs stay with the task here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from storage.catalog import Catalog
 from storage.settings import Settings
 from tasks import prelabel_ops as ops
+from tasks.io_process import IoProcess
 from tasks.models import Models
 
 
@@ -49,10 +52,16 @@ def _timed(fn: Any, *args: Any) -> ops.StageReport:
     return report
 
 
+def _in(io: IoProcess | None) -> Any:
+    """How a stage body is called: in the I/O helper process when there is one (and it is up), else here."""
+    return io.call if io is not None else lambda fn, *args: fn(*args)
+
+
 @task(name="fetch-batch", **_IO_RETRIES)
-def fetch_batch(settings: Settings, catalog_url: str, run_id: int, asset_ids: list[int]) -> ops.StageReport:
-    with Catalog(catalog_url, migrate=False) as catalog:
-        report = _timed(ops.fetch, settings, catalog, run_id, asset_ids)
+def fetch_batch(
+    settings: Settings, catalog_url: str, run_id: int, asset_ids: list[int], io: IoProcess | None = None
+) -> ops.StageReport:
+    report = _timed(_in(io), ops.fetch_at, settings, catalog_url, run_id, asset_ids)
     get_run_logger().info("fetched %d assets (%d failed) in %.2fs", len(report.ok), len(report.failed), report.seconds)
     return report
 
@@ -90,9 +99,9 @@ def import_batch(
     asset_ids: list[int],
     params: ops.PrelabelParams,
     model_version: str,
+    io: IoProcess | None = None,
 ) -> ops.StageReport:
-    with Catalog(catalog_url, migrate=False) as catalog:
-        report = _timed(ops.import_to_label_studio, settings, catalog, run_id, asset_ids, params, model_version)
+    report = _timed(_in(io), ops.import_at, settings, catalog_url, run_id, asset_ids, params, model_version)
     get_run_logger().info(
         "imported %d assets into Label Studio (%d new tasks) in %.2fs", len(report.ok), report.instances, report.seconds
     )

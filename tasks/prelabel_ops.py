@@ -156,6 +156,26 @@ def tapered_sizes(n: int, batch_size: int) -> list[int]:
     return sizes + tail
 
 
+# -- stage entry points that open their own catalog (what the I/O helper process runs) --------------------------------
+def fetch_at(settings: Settings, catalog_url: str, run_id: int, asset_ids: Sequence[int]) -> StageReport:
+    """:func:`fetch` with a catalog opened from ``catalog_url`` for the call."""
+    with Catalog(catalog_url, migrate=False) as catalog:
+        return fetch(settings, catalog, run_id, asset_ids)
+
+
+def import_at(
+    settings: Settings,
+    catalog_url: str,
+    run_id: int,
+    asset_ids: Sequence[int],
+    params: PrelabelParams,
+    model_version: str,
+) -> StageReport:
+    """:func:`import_to_label_studio` with a catalog opened from ``catalog_url`` for the call."""
+    with Catalog(catalog_url, migrate=False) as catalog:
+        return import_to_label_studio(settings, catalog, run_id, asset_ids, params, model_version)
+
+
 # -- fetch ----------------------------------------------------------------------------------------------------------
 def _s3_object(asset: Asset) -> S3Object:
     return S3Object(asset.bucket, asset.key, asset.etag, asset.size, asset.last_modified, asset.media_type)  # type: ignore[arg-type]

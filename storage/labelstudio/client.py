@@ -33,8 +33,12 @@ class LabelStudioError(RuntimeError):
 
     def __init__(self, method: str, path: str, status: int, body: str) -> None:
         super().__init__(f"Label Studio {method} {path} failed with HTTP {status}: {body[:500]}")
+        self.method, self.path = method, path
         self.status = status
         self.body = body
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles whole (it crosses to the flow from the I/O helper process)
+        return (type(self), (self.method, self.path, self.status, self.body), self.__dict__)
 
 
 class LabelStudioClient:

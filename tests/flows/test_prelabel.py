@@ -54,6 +54,7 @@ def test_prelabel_puts_images_and_video_into_label_studio_and_skips_bad_object(
     )
     assert (result["assets"], result["done"], result["failed"]) == (7, 6, 1)
     assert result["instances"] > 0
+    assert result["io_helper_calls"] > 0, "no download or import ran in the I/O helper process"
 
     catalog = Catalog(flow_settings.resolved_database_url)
     images = ls_tasks(ls_client, catalog, f"{project} (images)")

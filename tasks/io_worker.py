@@ -1,0 +1,107 @@
+"""The child side of :class:`tasks.io_process.IoProcess`: ``python -m tasks.io_worker``.
+
+Reads ``(call id, function, args)`` pickles from stdin, runs each in a thread (so a download and an import overlap),
+and writes ``(call id, ok, value or (exception, traceback text), log records)`` to stdout. Log records of a call are sent back with
+its answer and emitted by the parent, where the flow's logging is configured. Exits at EOF on stdin (closed or
+parent dead) and when its parent pid changes, without finishing running calls: a crashed flow's work is not carried
+on behind its back (a rerun resumes it).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tasks.io_process import READY, read_frame, write_frame
+
+_RECORDS: contextvars.ContextVar[list[logging.LogRecord] | None] = contextvars.ContextVar("records", default=None)
+MAX_CONCURRENT_CALLS = 4
+PARENT_CHECK_S = 0.5
+
+
+class _CallLogHandler(logging.Handler):
+    """Keeps each record for the call it was logged in (a copy with the message formatted, so it pickles)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        records = _RECORDS.get()
+        if records is None:  # logged outside a call (e.g. a library's own thread): the child's stderr
+            sys.stderr.write(self.format(record) + "\n")
+            return
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.msg, copy.args = record.getMessage(), None
+        if record.exc_info:
+            copy.exc_text = "".join(traceback.format_exception(*record.exc_info))
+            copy.exc_info = None
+        records.append(copy)
+
+
+def _portable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling (botocore's ClientError and LabelStudioError do), else a RuntimeError
+    with its type and text, so the parent still sees what went wrong."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _capture_logs(handler: logging.Handler) -> None:
+    """Make ``handler`` the root logger's only handler: importing Prefect (a call's module may) configures its own."""
+    root = logging.getLogger()
+    if root.handlers != [handler]:
+        root.handlers = [handler]
+        root.setLevel(logging.INFO)
+
+
+def _serve(
+    call_id: int, fn: Any, args: tuple[Any, ...], out: Any, lock: threading.Lock, handler: logging.Handler
+) -> None:
+    records: list[logging.LogRecord] = []
+    _RECORDS.set(records)
+    _capture_logs(handler)
+    try:
+        answer: tuple[Any, ...] = (call_id, True, fn(*args), records)
+    except BaseException as error:  # noqa: BLE001 - every failure goes back to the caller
+        where = f"(raised in the I/O helper process {os.getpid()}:\n{traceback.format_exc().rstrip()})"
+        answer = (call_id, False, (_portable(error), where), records)
+    write_frame(out, answer, lock)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def main() -> None:
+    out, inp = sys.stdout.buffer, sys.stdin.buffer
+    sys.stdout = sys.stderr  # nothing but answers may reach the answer pipe
+    handler = _CallLogHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s (io helper) %(message)s"))
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    lock = threading.Lock()
+    import tasks.prelabel_ops  # noqa: F401 - import the stage code before saying ready
+
+    _capture_logs(handler)
+    write_frame(out, READY, lock)
+    pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="io-call")
+    while True:
+        frame = read_frame(inp)
+        if frame is None:  # closed by the parent, or the parent is gone: stop now, running calls included
+            os._exit(0)
+        call_id, fn, args = frame
+        pool.submit(contextvars.copy_context().run, _serve, call_id, fn, args, out, lock, handler)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The I/O helper process: calls run in it, overlap, keep their exception types and logs, fall back to the calling
+thread when it is gone, and it never finishes a call for a parent that died."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from storage.labelstudio.client import LabelStudioError
+from tasks.io_process import IoProcess
+from tasks.prelabel import is_transient
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- functions the helper runs (module level: they cross by reference) ---------------------------------------------
+def raise_s3_not_found() -> None:
+    raise ClientError({"Error": {"Code": "NoSuchKey"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject")
+
+
+def raise_label_studio_503() -> None:
+    raise LabelStudioError("POST", "/api/projects/1/import", 503, "busy")
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable(1, 2)
+
+
+def log_and_return(value: int) -> int:
+    logging.getLogger("tests.io_helper").warning("helper saw %d", value)
+    return value * 2
+
+
+def wait_for_file(path: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def touch(path: str) -> None:
+    Path(path).touch()
+
+
+def sleep_then_touch(path: str, seconds: float) -> None:
+    time.sleep(seconds)
+    Path(path).touch()
+
+
+@pytest.fixture(scope="module")
+def io() -> Iterator[IoProcess]:
+    with IoProcess() as helper:
+        assert helper.wait_ready(60), "the I/O helper process did not start"
+        yield helper
+
+
+def test_calls_run_in_the_helper_process_not_in_the_flow(io: IoProcess) -> None:
+    child = io.call(os.getpid)
+    assert child == io.pid and child != os.getpid()
+    assert io.call(log_and_return, 21) == 42
+
+
+def test_disabled_helper_runs_calls_in_the_calling_thread() -> None:
+    with IoProcess(enabled=False) as helper:
+        assert helper.pid is None and helper.call(os.getpid) == os.getpid()
+        assert helper.calls_in_thread == 1 and helper.calls_in_child == 0
+
+
+def test_a_download_and_an_import_run_at_the_same_time(io: IoProcess, tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    waited: list[bool] = []
+    waiter = threading.Thread(target=lambda: waited.append(io.call(wait_for_file, str(flag), 20.0)))
+    waiter.start()
+    time.sleep(0.2)
+    io.call(touch, str(flag))  # if calls were served one at a time, this would wait behind the waiter
+    waiter.join(30)
+    assert waited == [True]
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected_type", "transient"),
+    [
+        (raise_s3_not_found, ClientError, False),
+        (raise_label_studio_503, LabelStudioError, True),
+        (raise_unpicklable, RuntimeError, True),
+    ],
+)
+def test_errors_cross_with_their_type_so_retry_decisions_stay_the_same(
+    io: IoProcess, fn: object, expected_type: type[BaseException], transient: bool
+) -> None:
+    with pytest.raises(expected_type) as caught:
+        io.call(fn)  # type: ignore[arg-type]
+    error = caught.value
+    assert any("I/O helper process" in note for note in getattr(error, "__notes__", []))
+
+    class _State:
+        def result(self, raise_on_failure: bool = False) -> BaseException:
+            return error
+
+    assert is_transient(None, None, _State()) is transient
+    if isinstance(error, LabelStudioError):
+        assert (error.status, error.body) == (503, "busy")
+    if expected_type is RuntimeError:
+        assert "Unpicklable: 1-2" in str(error)
+
+
+def test_log_records_of_a_call_are_emitted_in_the_parent(io: IoProcess, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tests.io_helper"):
+        io.call(log_and_return, 5)
+    assert [r.getMessage() for r in caplog.records if r.name == "tests.io_helper"] == ["helper saw 5"]
+
+
+def test_calls_fall_back_to_the_calling_thread_once_the_helper_is_gone() -> None:
+    with IoProcess() as helper:
+        assert helper.wait_ready(60)
+        assert helper.pid is not None
+        os.kill(helper.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while helper.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert helper.call(os.getpid) == os.getpid()
+        assert helper.calls_in_thread == 1
+
+
+_PARENT = """
+import os, sys, time
+from tasks.io_process import IoProcess
+from tests.tasks.test_io_process import sleep_then_touch
+io = IoProcess(); io.start(); assert io.wait_ready(60)
+print(io.pid, flush=True)
+io.call(sleep_then_touch, sys.argv[1], 2.0)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_helper_dies_with_its_parent_and_does_not_finish_the_running_call(tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(marker)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)  # the call is now sleeping in the helper
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child), "the helper outlived its killed parent"
+    time.sleep(2.5)  # past the point where the call would have finished
+    assert not marker.exists(), "the helper finished a call for a dead parent"
