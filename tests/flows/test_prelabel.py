@@ -151,14 +151,21 @@ def _spawn_prelabel(settings: Settings, prefect_api: str, source: str, project: 
     )
 
 
-def _kill_when(proc: subprocess.Popen[bytes], condition: Callable[[], bool], timeout_s: float = 240) -> None:
+def _kill_when(
+    proc: subprocess.Popen[bytes], condition: Callable[[], bool], timeout_s: float = 240, group: bool = True
+) -> None:
+    """SIGKILL the flow's process group (or, ``group=False``, only the flow's process: its I/O helper must then
+    stop by itself) once ``condition()`` holds."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
             pytest.fail(f"the flow finished before the kill point (rc {proc.returncode}):\n{output[-3000:]}")
         if condition():
-            os.killpg(proc.pid, signal.SIGKILL)
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                os.kill(proc.pid, signal.SIGKILL)
             proc.wait(30)
             return
         time.sleep(0.05)
@@ -166,9 +173,14 @@ def _kill_when(proc: subprocess.Popen[bytes], condition: Callable[[], bool], tim
     pytest.fail("kill point not reached in time")
 
 
-@pytest.mark.parametrize("kill_point", ["after-first-prediction", "after-first-import"])
+@pytest.mark.parametrize(
+    ("kill_point", "group"),
+    [("after-first-prediction", True), ("after-first-import", True), ("after-first-import", False)],
+    ids=["after-first-prediction", "after-first-import", "after-first-import-flow-process-only"],
+)
 def test_killed_run_resumes_without_loss_or_duplicates(
     kill_point: str,
+    group: bool,
     prefect_api: str,
     flow_settings: Settings,
     bucket: str,
@@ -179,10 +191,10 @@ def test_killed_run_resumes_without_loss_or_duplicates(
 
     fill_bucket(images=8, videos=0, broken=0)
     catalog = Catalog(flow_settings.resolved_database_url)
-    source, project = f"s3://{bucket}/in/", f"kill-{kill_point[6:]}-{bucket[-8:]}"
+    source, project = f"s3://{bucket}/in/", f"kill-{kill_point[6:]}-{int(group)}-{bucket[-8:]}"
     proc = _spawn_prelabel(flow_settings, prefect_api, source, project)
     watched = Prediction if kill_point == "after-first-prediction" else LabelStudioTask
-    _kill_when(proc, lambda: _count(catalog, watched) >= 1)
+    _kill_when(proc, lambda: _count(catalog, watched) >= 1, group=group)
     with catalog.session() as session:
         done_before = session.scalar(select(func.count(Asset.id)).where(Asset.status == "done"))
     assert done_before is not None and done_before < 8, "the kill came too late to prove anything"
