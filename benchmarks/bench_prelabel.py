@@ -25,7 +25,8 @@ the diagnosis (GIL contention between the model thread and the download/import t
 
 ``--io process,threads`` alternates rounds with the download/import bodies in the I/O helper process (the default,
 ``MASKLOOP_IO_PROCESS=true``) and in the flow's threads, and prints a median per mode: an A/B on the same drifting
-machine. On 2026-12-03: 0.96 (helper process) against 0.93 (threads), 3 rounds each.
+machine. On 2026-12-03, two runs of 3 rounds per mode: 0.96 against 0.93, then 0.92 against 0.93 (helper
+process against threads): within this machine's noise; docs/prelabel-throughput.md has the rounds.
 """
 
 from __future__ import annotations

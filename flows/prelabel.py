@@ -154,7 +154,31 @@ def run_batches(
     ``counts`` (done, failed, instances, skipped, model_seconds) is updated as batches finish, so a crash leaves what
     was counted. Returns how many I/O calls ran in the helper process (the rest ran in threads while it started)."""
     with IoProcess(enabled=settings.io_process and bool(batches)) as io:
-        _pipeline(settings, catalog_url, run_id, batches, params, model_version, counts, gpu_limit, on_batch, io)
+        fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
+        imports: list[PrefectFuture[ops.StageReport]] = []
+        if batches:
+            fetched[0] = fetch_batch.submit(settings, catalog_url, run_id, batches[0], io)
+        for k in range(len(batches)):
+            got = fetched.pop(k).result()
+            if k + 1 < len(batches):  # download batch k+1 while batch k is on the model (not before: k goes first)
+                fetched[k + 1] = fetch_batch.submit(settings, catalog_url, run_id, batches[k + 1], io)
+            counts["failed"] += len(got.failed)
+            with gpu_slot(gpu_limit):
+                seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
+            counts["model_seconds"] += seg.seconds
+            counts["failed"] += len(seg.failed)
+            counts["instances"] += seg.instances
+            counts["skipped"] += len(seg.skipped)
+            ready = sorted([*seg.ok, *seg.skipped])
+            imports.append(
+                import_batch.submit(
+                    settings, catalog_url, run_id, ready, params, model_version, io, wait_for=imports[-1:]
+                )  # type: ignore[call-overload]
+            )
+            if on_batch is not None:
+                on_batch(k + 1, len(batches))
+        for future in imports:
+            counts["done"] += len(future.result().ok)
     if batches:
         get_run_logger().info(
             "I/O stages: %d calls in the helper process, %d in the flow's threads",
@@ -162,40 +186,3 @@ def run_batches(
             io.calls_in_thread,
         )
     return io.calls_in_child
-
-
-def _pipeline(
-    settings: Settings,
-    catalog_url: str,
-    run_id: int,
-    batches: list[list[int]],
-    params: ops.PrelabelParams,
-    model_version: str,
-    counts: dict[str, float],
-    gpu_limit: str | None,
-    on_batch: Callable[[int, int], None] | None,
-    io: IoProcess,
-) -> None:
-    fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
-    imports: list[PrefectFuture[ops.StageReport]] = []
-    if batches:
-        fetched[0] = fetch_batch.submit(settings, catalog_url, run_id, batches[0], io)
-    for k in range(len(batches)):
-        got = fetched.pop(k).result()
-        if k + 1 < len(batches):  # download batch k+1 while batch k is on the model (not before: k goes first)
-            fetched[k + 1] = fetch_batch.submit(settings, catalog_url, run_id, batches[k + 1], io)
-        counts["failed"] += len(got.failed)
-        with gpu_slot(gpu_limit):
-            seg = segment_batch(settings, catalog_url, run_id, got.ok, params, model_version)
-        counts["model_seconds"] += seg.seconds
-        counts["failed"] += len(seg.failed)
-        counts["instances"] += seg.instances
-        counts["skipped"] += len(seg.skipped)
-        ready = sorted([*seg.ok, *seg.skipped])
-        imports.append(
-            import_batch.submit(settings, catalog_url, run_id, ready, params, model_version, io, wait_for=imports[-1:])  # type: ignore[call-overload]
-        )
-        if on_batch is not None:
-            on_batch(k + 1, len(batches))
-    for future in imports:
-        counts["done"] += len(future.result().ok)
