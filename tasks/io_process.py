@@ -107,10 +107,15 @@ class IoProcess:
             self.calls_in_thread += 1
             return fn(*args)
         future: Future[Any] = Future()
-        with self._lock:
-            self._next_id += 1
-            call_id = self._next_id
-            self._pending[call_id] = future
+        with self._lock:  # under the lock the reader uses to fail pending calls: no call is left unanswered
+            dead = self._dead.is_set()
+            if not dead:
+                self._next_id += 1
+                call_id = self._next_id
+                self._pending[call_id] = future
+        if dead:
+            self.calls_in_thread += 1
+            return fn(*args)
         try:
             assert self._proc is not None and self._proc.stdin is not None
             write_frame(self._proc.stdin, (call_id, fn, args), self._write_lock)
@@ -152,9 +157,11 @@ class IoProcess:
         except Exception:  # noqa: BLE001 - a broken pipe or frame ends the child's use; calls fall back to threads
             log.exception("I/O helper process %s: reading its answers failed", proc.pid)
         finally:
-            self._dead.set()
             with self._lock:
+                self._dead.set()
                 pending, self._pending = self._pending, {}
+            if proc.poll() is None:  # a broken answer stream: the child is of no further use
+                proc.kill()
             for future in pending.values():
                 future.set_result((False, (IoProcessDied(f"I/O helper process {proc.pid} exited mid-call"), ""), []))
 
