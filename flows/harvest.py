@@ -49,6 +49,7 @@ def harvest_flow(
         status = "completed"
         return result
     finally:
-        counts = {k: v for k, v in result.get("harvest", {}).items() if isinstance(v, int)}
+        harvested = result.get("harvest")
+        counts = {k: v for k, v in harvested.items() if isinstance(v, int)} if isinstance(harvested, dict) else {}
         ops.finish_run(catalog, run_id, status, counts, {})
         catalog.dispose()

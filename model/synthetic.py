@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -238,7 +239,9 @@ def to_coco(samples: list[SyntheticImage]) -> tuple[dict, list[np.ndarray]]:
     from model.masks import masks_to_boxes, masks_to_rles
 
     cats = {name: i + 1 for i, name in enumerate(FAMILIES)}
-    images, annotations, arrays = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    arrays: list[np.ndarray] = []
     for image_id, sample in enumerate(samples, start=1):
         h, w = sample.image.shape[:2]
         images.append({"id": image_id, "file_name": f"synthetic_{image_id:06d}.png", "height": h, "width": w})
@@ -267,7 +270,8 @@ def to_coco(samples: list[SyntheticImage]) -> tuple[dict, list[np.ndarray]]:
 # -------------------------------------------------------------------- helpers
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     coords = np.arange(size, dtype=np.float32) + 0.5
-    return np.meshgrid(coords, coords, indexing="ij")
+    rows, cols = np.meshgrid(coords, coords, indexing="ij")
+    return rows, cols
 
 
 def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray, difficulty: float) -> np.ndarray:
@@ -305,8 +309,8 @@ def _render(
     elif fam == "triangle":
         mask = np.ones_like(u, dtype=bool)
         for k in range(3):
-            th = -math.pi / 2 + k * 2 * math.pi / 3
-            mask &= u * math.cos(th) + v * math.sin(th) <= 0.55
+            edge = -math.pi / 2 + k * 2 * math.pi / 3
+            mask &= u * math.cos(edge) + v * math.sin(edge) <= 0.55
     elif fam == "star":
         r, th = np.hypot(u, v), np.arctan2(v, u)
         mask = r <= 0.62 + 0.38 * np.abs(np.cos(2.5 * th))
@@ -334,8 +338,10 @@ def _render(
 
 def _visible(full: list[np.ndarray]) -> list[np.ndarray]:
     """Visible part of each object when painted in list order (later objects on top)."""
+    if not full:
+        return []
     out: list[np.ndarray] = []
-    above = np.zeros_like(full[0]) if full else None
+    above = np.zeros_like(full[0])
     for mask in reversed(full):
         out.append(mask & ~above)
         above = above | mask

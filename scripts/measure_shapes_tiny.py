@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     held_out = [SyntheticDomain().image(seed) for seed in quality.HELD_OUT_SEEDS]
     box = quality._prompt_ious(segmenter, held_out, "box")
     point = quality._prompt_ious(segmenter, held_out, "point")
-    print(f"objects {len(box)}  box IoU {np.mean(box):.3f}  point IoU {np.mean(point):.3f}")
+    print(f"{len(held_out)} images, {len(box)} objects: box IoU {np.mean(box):.3f}  point IoU {np.mean(point):.3f}")
     fill, overlap = [], []
     for sample in held_out:
         boxes = np.stack([mask_box(m) for m in sample.masks])
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     )
     found = {0.5: 0, 0.75: 0}
     total = 0
-    for sample in held_out[:3]:
+    for sample in held_out[: quality.EVERYTHING_IMAGES]:
         params = quality.EVERYTHING_PARAMS
         instances = auto_segment(segmenter, [sample.image], "everything", points_per_side=16, **params)[0]
         for target in sample.masks:

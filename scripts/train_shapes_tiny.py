@@ -1,11 +1,15 @@
 """Train the offline demo model ``maskloop/shapes-tiny`` on this machine (one CPU thread by default).
 
     nohup .venv/bin/python scripts/train_shapes_tiny.py --until 02:52 > /tmp/shapes-tiny.log 2>&1 &
+    nohup .venv/bin/python scripts/train_shapes_tiny.py --recipe shapes-tiny-continue --base /tmp/stage1 \
+        --threads 2 --until 06:22 > /tmp/shapes-tiny-2.log 2>&1 &
     nohup .venv/bin/python scripts/train_shapes_tiny.py --recipe shapes-tiny-video --base /tmp/image-best \
         --until 04:00 > /tmp/shapes-tiny-video.log 2>&1 &
 
-The image recipe (``shapes-tiny``) trains from scratch; the video recipe (``shapes-tiny-video``) trains the memory
-path of ``--base`` (default: the shipped checkpoint) with its image parts frozen. The best checkpoint (by held-out
+The image recipe (``shapes-tiny``) trains from scratch, and ``shapes-tiny-continue`` continues it (stage 2) from
+``--base`` (default: the shipped checkpoint; copy it out first, as the best checkpoint is written over it); the video
+recipe (``shapes-tiny-video``) trains the memory path of ``--base`` (default: the shipped checkpoint) with its image
+parts frozen. The best checkpoint (by held-out
 prompt IoU, or video J) is written to ``--best-dir`` (default ``model/weights/shapes-tiny``) each time it improves;
 ``metrics.jsonl`` in ``--out-dir`` holds the curve.
 """
@@ -33,8 +37,10 @@ def _seconds_until(hhmm: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=("shapes-tiny", "shapes-tiny-video"), default="shapes-tiny")
-    parser.add_argument("--base", type=Path, help="video recipe: the image checkpoint to start from")
+    parser.add_argument(
+        "--recipe", choices=("shapes-tiny", "shapes-tiny-continue", "shapes-tiny-video"), default="shapes-tiny"
+    )
+    parser.add_argument("--base", type=Path, help="continue and video recipes: the checkpoint to start from")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/maskloop-runs/shapes-tiny"))
     parser.add_argument("--best-dir", type=Path, default=ROOT / "model" / "weights" / "shapes-tiny")
     group = parser.add_mutually_exclusive_group(required=True)
@@ -48,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     budget = args.budget_s if args.budget_s is not None else _seconds_until(args.until)
-    from model.finetune.recipes import run_recipe
+    from model.finetune.recipes import BASED_RECIPES, run_recipe
 
     extra = {"base": args.base} if args.base is not None else {}
-    if args.base is not None and args.recipe != "shapes-tiny-video":
-        parser.error("--base is for the video recipe")
+    if args.base is not None and args.recipe not in BASED_RECIPES:
+        parser.error(f"--base is for the {' and '.join(sorted(BASED_RECIPES))} recipes")
     result = run_recipe(
         args.recipe,
         args.out_dir,

@@ -102,7 +102,7 @@ def shard_pending(catalog: Catalog, source: str, asset_ids: Sequence[int], unit_
 
 def _shard_once(session: Session, source: str, asset_ids: Sequence[int], unit_size: int) -> list[int]:
     taken = set(session.scalars(select(WorkUnitAsset.asset_id).where(WorkUnitAsset.asset_id.in_(asset_ids))))
-    kinds = dict(session.execute(select(Asset.id, Asset.media_type).where(Asset.id.in_(asset_ids))).all())
+    kinds = dict(session.execute(select(Asset.id, Asset.media_type).where(Asset.id.in_(asset_ids))).tuples().all())
     free = [a for a in asset_ids if a not in taken and a in kinds]
     unit_ids: list[int] = []
     for members in shard(free, [kinds[a] for a in free], unit_size):

@@ -222,16 +222,20 @@ def create_version(
     counts = counts_of(sources)
     ann_ids = [ann.id for _, _, ann in items]
     with catalog.session() as session:
-        agreement_rows = session.execute(
-            select(
-                AgreementRow.model_version,
-                AgreementRow.prompt_strategy,
-                AgreementRow.label,
-                AgreementRow.outcome,
-                AgreementRow.iou,
-                AgreementRow.boundary_f,
-            ).where(AgreementRow.annotation_id.in_(ann_ids))
-        ).all()
+        agreement_rows = (
+            session.execute(
+                select(
+                    AgreementRow.model_version,
+                    AgreementRow.prompt_strategy,
+                    AgreementRow.label,
+                    AgreementRow.outcome,
+                    AgreementRow.iou,
+                    AgreementRow.boundary_f,
+                ).where(AgreementRow.annotation_id.in_(ann_ids))
+            )
+            .tuples()
+            .all()
+        )
     groups = [g.to_json() for g in summarize(agreement_rows)]
     model_versions = sorted({t.last_model_version for _, t, _ in items if t.last_model_version})
     agreement = {"groups": groups, "totals": dict(Counter(r[3] for r in agreement_rows))}
@@ -247,7 +251,7 @@ def create_version(
                 {"key": item_key(a, t.frame_index), "asset_sha256": a.sha256, "annotation_hash": ann.content_hash}
                 for a, t, ann in items
             ),
-            key=lambda i: i["key"],
+            key=lambda i: str(i["key"]),
         ),
         "counts": counts,
         "model_versions": model_versions,

@@ -121,7 +121,7 @@ def record_failures(catalog: Catalog, run_id: int, stage: str, failures: dict[in
 def batches_of(catalog: Catalog, asset_ids: Sequence[int], batch_size: int) -> list[list[int]]:
     """Images in batches of up to ``batch_size`` (sizes from :func:`tapered_sizes`); every video a batch of its own."""
     with catalog.session() as session:
-        kinds = dict(session.execute(select(Asset.id, Asset.media_type).where(Asset.id.in_(asset_ids))).all())
+        kinds = dict(session.execute(select(Asset.id, Asset.media_type).where(Asset.id.in_(asset_ids))).tuples().all())
     images = [a for a in asset_ids if kinds.get(a) == "image"]
     videos = [a for a in asset_ids if kinds.get(a) == "video"]
     batches, start = [], 0

@@ -72,8 +72,8 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--recipe",
-        help="a named recipe (shapes-tiny, shapes-tiny-video); ignores --data, and --from except as the "
-        "base of a video recipe",
+        help="a named recipe (shapes-tiny, shapes-tiny-continue, shapes-tiny-video); ignores --data, and --from "
+        "except as the base of shapes-tiny-continue or shapes-tiny-video",
     )
     parser.add_argument("--from", dest="base", type=Path, help="checkpoint directory to start from")
     parser.add_argument("--data", help="COCO json path or synthetic[:families=...]")
@@ -90,12 +90,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from model.finetune.engine import finetune
-    from model.finetune.recipes import RECIPES, run_recipe
+    from model.finetune.recipes import BASED_RECIPES, RECIPES, run_recipe
 
     if args.recipe:
         if args.recipe not in RECIPES:
             parser.error(f"unknown recipe {args.recipe!r}; expected one of {sorted(RECIPES)}")
-        extra = {"base": args.base} if args.base is not None and args.recipe.endswith("-video") else {}
+        extra = {"base": args.base} if args.base is not None and args.recipe in BASED_RECIPES else {}
         result = run_recipe(
             args.recipe,
             args.out,

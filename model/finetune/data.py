@@ -17,7 +17,8 @@ from model.synthetic import SyntheticDomain
 class ImageSource(Protocol):
     """What the engine samples from. ``progress`` in [0, 1] lets a source run an easy-to-hard curriculum."""
 
-    version: str
+    @property
+    def version(self) -> str: ...
 
     def sample(self, rng: np.random.Generator, progress: float) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -152,6 +153,6 @@ def _decode(segmentation: Any, h: int, w: int) -> np.ndarray:
 def _resize(image: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     if image.shape[:2] == (size, size):
         return image, masks
-    img = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    out = np.stack([np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST)) for m in masks])
+    img = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    out = np.stack([np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.NEAREST)) for m in masks])
     return img, out.astype(bool)

@@ -26,6 +26,7 @@ from model.finetune.modelio import (
     image_features,
     image_size,
     load_model,
+    read_card,
     save_checkpoint,
     to_pixel_values,
     write_card,
@@ -67,6 +68,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     if not params:
         raise ValueError(f"FinetuneConfig.freeze={config.freeze} leaves nothing to train")
     size = image_size(model)
+    base_curve = read_card(config.base)[1] if config.base is not None else []
     clock = time.monotonic()
     warmup = prompt_warmup(model, config, rng, device, size) if config.prompt_warmup_steps else {}
     budget_s = None if config.budget_s is None else max(config.budget_s - (time.monotonic() - clock), 1e-3)
@@ -110,7 +112,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         if score > best_score:
             best_score, best = score, dict(row)
             card = _card(config, row, size, warmup)
-            save_checkpoint(model, config.best_path, card, history, memory_from=config.base)
+            save_checkpoint(model, config.best_path, card, history, memory_from=config.base, base_curve=base_curve)
         last_eval = time.monotonic()
 
     lr = config.lr
@@ -132,7 +134,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     if not history or history[-1]["step"] != step:
         evaluate(lr)
     if best:  # the card of the best checkpoint shows the whole run's curve
-        write_card(config.best_path, _card(config, best, size, warmup), history)
+        write_card(config.best_path, _card(config, best, size, warmup), history, base_curve=base_curve)
     return FinetuneResult(
         out_dir=config.out_dir,
         best_dir=config.best_path,

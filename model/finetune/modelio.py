@@ -13,6 +13,10 @@ import torch
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
+# a transformers ``Sam2Model``: its submodules are reached by attribute, which ``torch.nn.Module`` types as
+# ``Tensor | Module``, so the functions here take it untyped
+Sam2Like = Any
+
 
 def build_model(  # noqa: ANN201
     model_config: dict[str, Any],
@@ -33,7 +37,7 @@ def build_model(  # noqa: ANN201
     """
     from transformers import Sam2Config, Sam2Model
 
-    model = Sam2Model(Sam2Config(**model_config))
+    model: Sam2Like = Sam2Model(Sam2Config(**model_config))
     if torch_init:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear | torch.nn.Conv2d | torch.nn.ConvTranspose2d | torch.nn.Embedding):
@@ -42,14 +46,14 @@ def build_model(  # noqa: ANN201
         tie_positional_basis(model)
     if align_prompt_attention:
         with torch.no_grad():
-            for module in model.mask_decoder.modules():
-                if hasattr(module, "q_proj") and hasattr(module, "k_proj"):
-                    module.k_proj.weight.copy_(module.q_proj.weight)
-                    module.k_proj.bias.copy_(module.q_proj.bias)
+            for attention in model.mask_decoder.modules():
+                if hasattr(attention, "q_proj") and hasattr(attention, "k_proj"):
+                    attention.k_proj.weight.copy_(attention.q_proj.weight)
+                    attention.k_proj.bias.copy_(attention.q_proj.bias)
     return model
 
 
-def tie_positional_basis(model: torch.nn.Module) -> None:
+def tie_positional_basis(model: Sam2Like) -> None:
     with torch.no_grad():
         model.prompt_encoder.shared_embedding.positional_embedding.copy_(
             model.shared_image_embedding.positional_embedding
@@ -62,7 +66,7 @@ def load_model(path: Path):  # noqa: ANN201
     return Sam2Model.from_pretrained(str(path))
 
 
-def image_size(model: torch.nn.Module) -> int:
+def image_size(model: Sam2Like) -> int:
     return int(model.config.prompt_encoder_config.image_size)
 
 
@@ -73,14 +77,14 @@ def to_pixel_values(images: list[np.ndarray], device: torch.device | str) -> tor
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-def image_features(model: torch.nn.Module, pixel_values: torch.Tensor, *, encoder_grad: bool) -> list[torch.Tensor]:
+def image_features(model: Sam2Like, pixel_values: torch.Tensor, *, encoder_grad: bool) -> list[torch.Tensor]:
     """Multi-scale features (high-res first, NCHW) exactly as ``Sam2Model.forward`` feeds its mask decoder."""
     with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
         vision = model.vision_encoder(pixel_values, return_dict=True)
     return finish_features(model, list(vision.fpn_hidden_states))
 
 
-def finish_features(model: torch.nn.Module, fpn: list[torch.Tensor]) -> list[torch.Tensor]:
+def finish_features(model: Sam2Like, fpn: list[torch.Tensor]) -> list[torch.Tensor]:
     """The mask decoder's inputs from the image encoder's FPN levels (trainable projections, no-memory embedding)."""
     feats = list(fpn)
     feats[0] = model.mask_decoder.conv_s0(feats[0])
@@ -90,7 +94,7 @@ def finish_features(model: torch.nn.Module, fpn: list[torch.Tensor]) -> list[tor
 
 
 def decode(
-    model: torch.nn.Module,
+    model: Sam2Like,
     feats: list[torch.Tensor],
     image_index: torch.Tensor,
     *,
@@ -131,6 +135,7 @@ def save_checkpoint(
     card: dict[str, Any],
     curve: list[dict[str, float]],
     memory_from: Path | None = None,
+    base_curve: list[dict[str, float]] | None = None,
 ) -> None:
     """``save_pretrained`` (safetensors) plus ``training.json`` and a README.md model card.
 
@@ -148,7 +153,7 @@ def save_checkpoint(
         video.save_pretrained(str(path), safe_serialization=True)
     else:
         model.save_pretrained(str(path), safe_serialization=True)  # type: ignore[operator]
-    write_card(path, card, curve)
+    write_card(path, card, curve, base_curve=base_curve)
 
 
 def _model_type(path: Path) -> str | None:
@@ -157,18 +162,26 @@ def _model_type(path: Path) -> str | None:
 
 
 def write_card(
-    path: Path, card: dict[str, Any], curve: list[dict[str, float]], video_curve: list[dict[str, float]] | None = None
+    path: Path,
+    card: dict[str, Any],
+    curve: list[dict[str, float]],
+    video_curve: list[dict[str, float]] | None = None,
+    base_curve: list[dict[str, float]] | None = None,
 ) -> None:
-    """(Re)write ``training.json`` and README.md next to a saved checkpoint (e.g. with the full curve at the end)."""
+    """(Re)write ``training.json`` and README.md next to a saved checkpoint (e.g. with the full curve at the end).
+    ``base_curve``: the image-training curve of the checkpoint this run continued from, kept as its first stage."""
     record: dict[str, Any] = {"card": card, "curve": curve}
     if video_curve:
         record["video_curve"] = video_curve
+    if base_curve:
+        record["base_curve"] = base_curve
     (path / "training.json").write_text(json.dumps(record, indent=1, default=str))
-    (path / "README.md").write_text(model_card(card, curve, video_curve))
+    (path / "README.md").write_text(model_card(card, curve, video_curve, base_curve))
 
 
 def read_card(path: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """The card and image-training curve saved next to a checkpoint (empty when it has none)."""
+    """The card and image-training curve saved next to a checkpoint (empty when it has none). The curve of a
+    checkpoint that continued another's training is its own run's only (the earlier one is ``base_curve``)."""
     record = path / "training.json"
     if not record.is_file():
         return {}, []
@@ -177,7 +190,10 @@ def read_card(path: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
 
 
 def model_card(
-    card: dict[str, Any], curve: list[dict[str, float]], video_curve: list[dict[str, float]] | None = None
+    card: dict[str, Any],
+    curve: list[dict[str, float]],
+    video_curve: list[dict[str, float]] | None = None,
+    base_curve: list[dict[str, float]] | None = None,
 ) -> str:
     lines = [
         f"# {card.get('model_id', 'sam2-finetuned')}",
@@ -194,15 +210,20 @@ def model_card(
     if metrics:
         lines += ["", "## Held-out metrics (this checkpoint)", ""]
         lines += [f"- **{k}**: {v:.4f}" if isinstance(v, float) else f"- **{k}**: {v}" for k, v in metrics.items()]
-    if curve:
+    for title, rows in (
+        ("Training curve (held-out prompt IoU)", curve),
+        ("Base training curve (the run this one continued; its own held-out set)", base_curve or []),
+    ):
+        if not rows:
+            continue
         lines += [
             "",
-            "## Training curve (held-out prompt IoU)",
+            f"## {title}",
             "",
             "| minutes | step | lr | train loss | box IoU | point IoU |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in curve:
+        for row in rows:
             lines.append(
                 f"| {row.get('minutes', 0):.1f} | {int(row.get('step', 0))} | {row.get('lr', 0):.2e} | "
                 f"{row.get('train_loss', float('nan')):.4f} | {row.get('box_iou', float('nan')):.3f} | "

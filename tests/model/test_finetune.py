@@ -13,7 +13,7 @@ from model.finetune.data import BoxFillSource
 from model.finetune.engine import prompt_warmup
 from model.finetune.evaluate import prompt_iou
 from model.finetune.losses import dice_loss, focal_loss, mask_iou, mask_losses
-from model.finetune.modelio import build_model, load_model
+from model.finetune.modelio import build_model, load_model, write_card
 from model.finetune.prompts import corrective_click, interior_point, jitter_box, mask_box, random_point
 from model.finetune.recipes import shapes_tiny_model_config
 from model.synthetic import SyntheticDomain, to_coco
@@ -281,6 +281,53 @@ def test_tied_positional_basis_survives_save_and_load(tmp_path):
     assert torch.equal(
         loaded.prompt_encoder.shared_embedding.positional_embedding, loaded.shared_image_embedding.positional_embedding
     )
+
+
+def test_continue_recipe_starts_from_its_base_on_full_difficulty_scenes_with_a_lower_restarted_lr(tmp_path):
+    from model.finetune.recipes import shapes_tiny_config, shapes_tiny_continue_config
+
+    base = tmp_path / "stage1"
+    build_model(shapes_tiny_model_config(SIZE)).save_pretrained(base)
+    config = shapes_tiny_continue_config(tmp_path / "run", base=base)
+    assert config.base == base and config.model_config is None and config.prompt_warmup_steps == 0
+    assert config.data.curriculum_until == 0.0, "stage 2 trains on the full domain, not the easy start again"
+    assert config.lr < shapes_tiny_config(tmp_path / "x").lr
+
+
+def test_a_continued_run_keeps_its_base_curve_and_names_the_base_run_in_its_card(tmp_path):
+    base = tmp_path / "stage1"
+    torch.manual_seed(0)
+    build_model(shapes_tiny_model_config(SIZE)).save_pretrained(base)
+    base_curve = [{"step": 10.0, "minutes": 1.0, "box_iou": 0.25, "point_iou": 0.125}]
+    card = {
+        "model_id": "tiny-stage1",
+        "steps": 10,
+        "minutes": 1.0,
+        "seed": 7,
+        "metrics": {"box_iou": 0.25, "point_iou": 0.125},
+    }
+    write_card(base, card, base_curve)
+    result = run_recipe(
+        "shapes-tiny-continue",
+        tmp_path / "run",
+        base=base,
+        data=SyntheticSource(DOMAIN),
+        eval_data=SyntheticSource(DOMAIN),
+        steps=2,
+        batch_size=1,
+        objects_per_image=2,
+        eval_images=1,
+        eval_every_steps=2,
+        loss_size=None,
+        num_threads=1,
+    )
+    record = json.loads((result.best_dir / "training.json").read_text())
+    assert record["base_curve"] == base_curve and [r["step"] for r in record["curve"]] == [2.0]
+    readme = (result.best_dir / "README.md").read_text()
+    assert "Base training curve" in readme and "| 0.250 | 0.125 |" in readme
+    assert "stage 1 (tiny-stage1" in readme and "10 steps in 1.0 min, seed 7" in readme
+    before, after = load_model(base).state_dict(), load_model(result.best_dir).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
 
 
 def test_run_recipe_rejects_unknown_names(tmp_path):

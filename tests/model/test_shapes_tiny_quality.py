@@ -3,7 +3,8 @@
 Loaded through the user path (``Segmenter.from_pretrained``), measured on seeds the training never draws
 (training samples seeds at random from [0, 2**31); these are fixed and the eval set inside training used its own
 generator). The issue's bars are box/point IoU >= 0.90 and everything-mode recall >= 0.8 at IoU 0.75; where the
-CPU-trained model does not reach a bar, the test asserts the level it does reach as a regression floor (named so).
+CPU-trained model does not reach a bar (point prompts), the test asserts the level it does reach as a regression floor
+(named so).
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from model.finetune.prompts import interior_point, mask_box
 from model.synthetic import SyntheticDomain
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights" / "shapes-tiny"
-HELD_OUT_SEEDS = range(2_000_000_000, 2_000_000_006)
-# Box and point: regression floors, NOT the issue's bars (0.90 / 0.90), measured with scripts/measure_shapes_tiny.py
-# on the shipped checkpoint (box 0.885, point 0.807 on these images) minus a margin. Everything mode: the issue's bar
-# (recall 0.818 measured on the first three images). Masks of different boxes overlap 0.002 (a prompt-blind model scores ~0.93).
-BOX_FLOOR = 0.85
-POINT_FLOOR = 0.75
+HELD_OUT_SEEDS = range(2_000_000_000, 2_000_000_032)  # 32 images; the first 6 were the set until 2026-12-03
+# Measured with scripts/measure_shapes_tiny.py on the shipped checkpoint (stage 2, 2026-12-03): box IoU 0.906 on these
+# 32 images (108 objects): the issue's bar. Point (centre click): 0.867, so a regression floor, NOT the issue's bar
+# (0.90). Everything mode: the issue's bar (recall@0.75 0.913 on the first 6 images, 28 masks kept for 23 objects).
+# Masks of different boxes overlap 0.003 (a prompt-blind model scores ~0.93).
+BOX_BAR = 0.90
+POINT_FLOOR = 0.84
 EVERYTHING_FLOOR = 0.8
 OVERLAP_CEILING = 0.05
-# shapes-tiny's IoU head is less confident than SAM's (its 0.88 / 0.95 filters keep 1.8 masks per image, recall 0.43);
-# these keep 4.7 masks per image for 3.8 objects (recall 0.87 on all six images)
+# shapes-tiny's IoU head is less confident than SAM's (SAM's 0.88 / 0.95 filters drop most of its good masks)
+EVERYTHING_IMAGES = 6
 EVERYTHING_PARAMS = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9}
 
 
@@ -68,10 +70,10 @@ def test_shipped_weights_are_small_safetensors_with_a_model_card():
         assert field in card
 
 
-def test_box_prompt_iou_at_least_floor(segmenter, held_out):
+def test_box_prompt_iou_meets_the_bar(segmenter, held_out):
     ious = _prompt_ious(segmenter, held_out, "box")
-    assert len(ious) >= 15
-    assert np.mean(ious) >= BOX_FLOOR
+    assert len(ious) >= 100
+    assert np.mean(ious) >= BOX_BAR
 
 
 def test_point_prompt_iou_at_least_floor(segmenter, held_out):
@@ -83,7 +85,7 @@ def test_everything_mode_recall_at_iou_075_at_least_floor(segmenter, held_out):
     from model.autoprompt import auto_segment
 
     found = total = proposed = 0
-    for sample in held_out[:3]:
+    for sample in held_out[:EVERYTHING_IMAGES]:
         instances = auto_segment(segmenter, [sample.image], "everything", points_per_side=16, **EVERYTHING_PARAMS)[0]
         proposed += len(instances.masks)
         for target in sample.masks:
