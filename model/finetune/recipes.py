@@ -17,6 +17,11 @@ from model.synthetic import FAMILIES, TEXTURES, SyntheticDomain
 
 SHAPES_TINY_SIZE = 256
 SHAPES_TINY_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "shapes-tiny"
+SHAPES_TINY_DESCRIPTION = (
+    "Offline demo model for maskloop: a tiny SAM 2 (transformers `Sam2Model`) trained from scratch on the seeded "
+    "synthetic shapes domain (`model.synthetic`). It segments the synthetic domain only; it is a stand-in that lets "
+    "the whole pipeline run without downloading SAM 2 weights."
+)
 
 
 def shapes_tiny_model_config(image_size: int = SHAPES_TINY_SIZE) -> dict[str, Any]:
@@ -80,9 +85,7 @@ def shapes_tiny_config(
         "eval_every_s": 180.0,
         "seed": seed,
         "extra_card": {
-            "description": "Offline demo model for maskloop: a tiny SAM 2 (transformers `Sam2Model`) trained from "
-            "scratch on the seeded synthetic shapes domain (`model.synthetic`). It segments the synthetic domain "
-            "only; it is a stand-in that lets the whole pipeline run without downloading SAM 2 weights.",
+            "description": SHAPES_TINY_DESCRIPTION,
             "recipe": "model.finetune.recipes: shapes-tiny",
         },
     }
@@ -99,18 +102,6 @@ def shapes_tiny_continue_config(
     stopped learning. The checkpoint is selected on 32 held-out images (stage 1 used 12: too few to rank
     checkpoints a point apart); a new seed draws new scenes and prompts."""
     base_path = Path(base) if base is not None else SHAPES_TINY_WEIGHTS
-    base_card, _ = read_card(base_path)
-    metrics = base_card.get("metrics", {})
-    stage1 = (
-        f"{base_card.get('model_id', base_path.name)}: {base_card.get('base', 'unknown base')}, "
-        f"{base_card.get('steps', '?')} steps in {base_card.get('minutes', '?')} min, seed {base_card.get('seed', '?')}"
-        + (f", prompt warm-up {base_card['prompt warm-up']}" if "prompt warm-up" in base_card else "")
-        + (
-            f"; box / point IoU on its own eval set {metrics['box_iou']:.3f} / {metrics['point_iou']:.3f}"
-            if {"box_iou", "point_iou"} <= set(metrics)
-            else ""
-        )
-    )
     domain = SyntheticDomain(size=SHAPES_TINY_SIZE, families=FAMILIES, textures=TEXTURES)
     fields: dict[str, Any] = {
         "base": base_path,
@@ -121,13 +112,31 @@ def shapes_tiny_continue_config(
         "warmup_steps": 200,
         "eval_images": 32,
         "extra_card": {
-            "description": shapes_tiny_config(out_dir).extra_card["description"],
-            "base": f"stage 1 ({stage1})",
+            "description": SHAPES_TINY_DESCRIPTION,
+            "base": f"stage 1 ({_run_summary(base_path)})",
             "recipe": "model.finetune.recipes: shapes-tiny (stage 1), then shapes-tiny-continue (stage 2, this run)",
         },
     }
     fields.update(overrides)
     return shapes_tiny_config(out_dir, budget_s=budget_s, seed=seed, **fields)
+
+
+def _run_summary(checkpoint: Path) -> str:
+    """One line on the run that made ``checkpoint``, from its model card: its base, steps, minutes, seed, warm-up and
+    the prompt IoU on its own eval set."""
+    card, _ = read_card(checkpoint)
+    parts = [
+        f"{card.get('model_id', checkpoint.name)}: {card.get('base', 'unknown base')}",
+        f"{card.get('steps', '?')} steps in {card.get('minutes', '?')} min",
+        f"seed {card.get('seed', '?')}",
+    ]
+    if "prompt warm-up" in card:
+        parts.append(f"prompt warm-up {card['prompt warm-up']}")
+    summary = ", ".join(parts)
+    metrics = card.get("metrics", {})
+    if {"box_iou", "point_iou"} <= set(metrics):
+        summary += f"; box / point IoU on its own eval set {metrics['box_iou']:.3f} / {metrics['point_iou']:.3f}"
+    return summary
 
 
 def shapes_tiny_video_config(
