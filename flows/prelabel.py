@@ -153,7 +153,7 @@ def run_batches(
     import bodies run in an I/O helper process (``settings.io_process``) so they do not slow the model thread down.
     ``counts`` (done, failed, instances, skipped, model_seconds) is updated as batches finish, so a crash leaves what
     was counted. Returns how many I/O calls ran in the helper process (the rest ran in threads while it started)."""
-    with IoProcess(enabled=settings.io_process and bool(batches)) as io:
+    with IoProcess(enabled=settings.io_process and bool(batches), wait_ready_s=settings.io_process_wait_s) as io:
         fetched: dict[int, PrefectFuture[ops.StageReport]] = {}
         imports: list[PrefectFuture[ops.StageReport]] = []
         if batches:

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="Run the pre-label flow's download and Label Studio import task bodies in a helper process, so "
         "their Python does not take the GIL from the model thread; false runs them in the flow's threads.",
     )
+    io_process_wait_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=600.0,
+        description="How long the pre-label flow's I/O calls may wait, in all, for the helper process to start "
+        "(~1 s). 0 never waits: calls run in the flow's threads until it is ready, which suits short runs.",
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -8,8 +8,9 @@ In a child process their Python runs on its own interpreter; the flow's threads 
 The child is ``python -m tasks.io_worker``, not ``multiprocessing``: a script that runs a flow needs no
 ``if __name__ == "__main__"`` guard, and nothing of the parent is re-imported. Requests and answers are pickles over
 the child's stdin/stdout, each with an id, so the fetch of batch k+1 and the import of batch k-1 run at the same time.
-Until the child says it is ready (it starts while the flow discovers and fetches its first batch), and if it ever
-dies, calls run in the calling thread instead: slower, never wrong. The child exits when it is closed, and at once
+Until the child says it is ready (it starts while the flow discovers and fetches its first batch; ``wait_ready_s``
+lets calls wait that long, in all, for it), and if it ever dies, calls run in the calling thread instead: slower,
+never wrong. The child exits when it is closed, and at once
 when its parent dies (EOF on its stdin, or a new parent pid), so it never finishes work for a crashed flow.
 """
 
@@ -22,6 +23,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -59,10 +61,13 @@ def read_frame(stream: IO[bytes]) -> Any | None:
 
 class IoProcess:
     """``with IoProcess() as io: io.call(fn, *args)`` runs ``fn(*args)`` (a module-level function, picklable
-    arguments) in one helper process; ``IoProcess(enabled=False)`` runs every call in the calling thread."""
+    arguments) in one helper process; ``IoProcess(enabled=False)`` runs every call in the calling thread. Calls
+    made before the child is ready wait for it up to ``wait_ready_s`` after :meth:`start`, then run in-thread."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, wait_ready_s: float = 0.0) -> None:
         self.enabled = enabled
+        self.wait_ready_s = wait_ready_s
+        self._ready_deadline = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
         self._dead = threading.Event()
@@ -96,13 +101,16 @@ class IoProcess:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tasks.io_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
+        self._ready_deadline = time.monotonic() + self.wait_ready_s
         threading.Thread(target=self._read_answers, name="maskloop-io-reader", daemon=True).start()
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """Block until the child is ready (tests; the flow never waits for it)."""
+        """Block until the child is ready, at most ``timeout_s``; False if it is not (or died)."""
         return self._ready.wait(timeout_s) and not self._dead.is_set()
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self.ready and self._proc is not None:  # a dead child sets _ready too, so this wait ends at once
+            self._ready.wait(max(0.0, self._ready_deadline - time.monotonic()))
         if not self.ready:
             self.calls_in_thread += 1
             return fn(*args)
@@ -160,6 +168,7 @@ class IoProcess:
             with self._lock:
                 self._dead.set()
                 pending, self._pending = self._pending, {}
+            self._ready.set()  # wakes calls waiting for a child that will never be ready (ready stays False)
             if proc.poll() is None:  # a broken answer stream: the child is of no further use
                 proc.kill()
             for future in pending.values():

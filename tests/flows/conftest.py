@@ -44,6 +44,7 @@ def flow_settings(settings: Any, catalog_url: str, label_studio_server: Any, tin
             "label_studio_token": label_studio_server.token,
             "model_id": str(tiny_checkpoint),
             "device": "cpu",
+            "io_process_wait_s": 60.0,  # on a busy machine a short flow can end before the helper starts
         }
     )
 

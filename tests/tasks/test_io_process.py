@@ -83,6 +83,23 @@ def test_disabled_helper_runs_calls_in_the_calling_thread() -> None:
         assert helper.calls_in_thread == 1 and helper.calls_in_child == 0
 
 
+def test_a_call_made_before_the_helper_is_ready_waits_for_it_when_allowed() -> None:
+    with IoProcess(wait_ready_s=60) as helper:
+        assert not helper.ready, "the helper was ready before its first call: this test proves nothing"
+        assert helper.call(os.getpid) == helper.pid != os.getpid()
+        assert (helper.calls_in_child, helper.calls_in_thread) == (1, 0)
+
+
+def test_a_call_waiting_for_a_helper_that_died_before_ready_runs_in_the_thread_at_once() -> None:
+    with IoProcess(wait_ready_s=600) as helper:
+        assert helper.pid is not None
+        os.kill(helper.pid, signal.SIGKILL)
+        started = time.monotonic()
+        assert helper.call(os.getpid) == os.getpid()
+        assert time.monotonic() - started < 60, "the call waited out wait_ready_s for a dead helper"
+        assert (helper.calls_in_child, helper.calls_in_thread) == (0, 1)
+
+
 def test_a_download_and_an_import_run_at_the_same_time(io: IoProcess, tmp_path: Path) -> None:
     flag = tmp_path / "flag"
     waited: list[bool] = []
