@@ -10,8 +10,8 @@ The child is ``python -m tasks.io_worker``, not ``multiprocessing``: a script th
 the child's stdin/stdout, each with an id, so the fetch of batch k+1 and the import of batch k-1 run at the same time.
 Until the child says it is ready (it starts while the flow discovers and fetches its first batch; ``wait_ready_s``
 lets calls wait that long, in all, for it), and if it ever dies, calls run in the calling thread instead: slower,
-never wrong. The child exits when it is closed, and at once
-when its parent dies (EOF on its stdin, or a new parent pid), so it never finishes work for a crashed flow.
+never wrong. The child exits when it is closed, and at once when its parent dies (EOF on its stdin, or a new parent
+pid), so it never finishes work for a crashed flow.
 """
 
 from __future__ import annotations
