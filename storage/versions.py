@@ -36,6 +36,7 @@ from storage.catalog import (
     LabelStudioTask,
 )
 from storage.formats.coco import CocoSource, build_coco, validate_coco
+from storage.formats.export_layout import DATA_DIR, LABELS_FILE, MANIFEST_FILE, ExportResult, plan_export
 
 logger = logging.getLogger(__name__)
 
@@ -452,29 +453,44 @@ def describe(version: DatasetVersion) -> list[str]:
 
 def export_version(
     catalog: Catalog, s3: Any, version_id: int, out_dir: Path, *, fmt: str = "coco", images: bool = False
-) -> Path:
-    """Write the version's frozen COCO file (``annotations.json``) and manifest into ``out_dir``; ``images``
-    also downloads the image assets under ``out_dir/images/<file_name>``. Returns the COCO path."""
+) -> ExportResult:
+    """Write the version into ``out_dir`` in the layout of :mod:`storage.formats.export_layout`, which COCO readers
+    (pycocotools, FiftyOne's ``COCODetectionDataset``) open with only the directory given: ``labels.json`` (the
+    frozen COCO; each image's ``file_name`` is ``<asset id>_<object basename>`` relative to ``data/``, its S3 URI,
+    sha256 and asset id in ``maskloop_s3_uri``, ``maskloop_sha256``, ``maskloop_asset_id``) and ``manifest.json``
+    (the frozen manifest, each item with its ``file_name`` and ``asset_id``). ``images`` also downloads the image
+    assets to ``data/<file_name>`` and checks them against the version's sha256; video frames are not written.
+    Returns what was written."""
     if fmt != "coco":
         raise ValueError(f"export format must be 'coco', got {fmt!r}")
     version = get_version(catalog, version_id)
     if not version.coco_uri or not version.manifest_uri:
         raise ValueError(f"dataset version {version_id} has no stored export")
+    plan = plan_export(_get_json(s3, version.coco_uri), _get_json(s3, version.manifest_uri))
     out_dir.mkdir(parents=True, exist_ok=True)
-    coco = _get_json(s3, version.coco_uri)
-    (out_dir / "annotations.json").write_text(json.dumps(coco))
-    (out_dir / "manifest.json").write_text(json.dumps(_get_json(s3, version.manifest_uri), indent=1))
+    written: list[Path] = []
+    mismatches: list[str] = []
+    size = 0
     if images:
         from storage.s3 import parse_s3_uri
 
-        for img in coco["images"]:
-            if "#frame=" in img["file_name"]:
-                continue
-            bucket, key = parse_s3_uri(img["file_name"])
-            target = out_dir / "images" / hashlib.sha256(img["file_name"].encode()).hexdigest()[:16] / Path(key).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    return out_dir / "annotations.json"
+        (out_dir / DATA_DIR).mkdir(exist_ok=True)
+        for image in plan.images:
+            bucket, key = parse_s3_uri(image.s3_uri)
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            if image.sha256 and hashlib.sha256(body).hexdigest() != image.sha256:
+                logger.warning("export: %s differs from the sha256 version %d froze", image.s3_uri, version_id)
+                mismatches.append(image.file_name)
+            target = out_dir / DATA_DIR / image.file_name
+            target.write_bytes(body)
+            written.append(target)
+            size += len(body)
+    labels, manifest = out_dir / LABELS_FILE, out_dir / MANIFEST_FILE
+    labels.write_text(json.dumps(plan.coco))
+    manifest.write_text(json.dumps(plan.manifest, indent=1))
+    return ExportResult.of(
+        plan, version_id, out_dir, out_dir / DATA_DIR if images else None, tuple(written), size, tuple(mismatches)
+    )
 
 
 # -- preview -----------------------------------------------------------------------------------------------------

@@ -7,11 +7,16 @@ instances (the box as a 4-point polygon, ``maskloop_box_only`` set), since Label
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,13 +127,28 @@ def build_coco(
     }
 
 
+@contextlib.contextmanager
+def quiet_stdout(source: str) -> Iterator[None]:
+    """Capture what a third-party call prints to ``sys.stdout`` (pycocotools' ``creating index...``) and log it
+    at debug level instead. ``sys.stdout`` is process-wide: another thread's prints in the meantime are captured
+    too (and logged), so keep the block short."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        if text := buffer.getvalue().strip():
+            logger.debug("%s printed: %s", source, " | ".join(text.splitlines()))
+
+
 def load_coco(data: Mapping[str, Any]) -> Any:
-    """A ``pycocotools.coco.COCO`` indexed over ``data`` (no file needed)."""
+    """A ``pycocotools.coco.COCO`` indexed over ``data`` (no file needed); its prints go to the debug log."""
     from pycocotools.coco import COCO
 
-    coco = COCO()
-    coco.dataset = dict(data)
-    coco.createIndex()
+    with quiet_stdout("pycocotools"):
+        coco = COCO()
+        coco.dataset = dict(data)
+        coco.createIndex()
     return coco
 
 

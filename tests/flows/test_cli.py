@@ -1,13 +1,17 @@
-"""The CLI entry point's process-wide defaults."""
+"""The CLI entry point's process-wide defaults, and what `versions export` / `versions show` print."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flows.cli import main
+from storage.catalog import Catalog
+from storage.settings import Settings
+from tests.support.dataset_versions import box_mask, make_version
 
 
 @pytest.mark.parametrize(("preset", "expected"), [(None, "false"), ("true", "true")])
@@ -22,3 +26,39 @@ def test_cli_turns_prefect_server_telemetry_off_unless_the_user_set_it(
     monkeypatch.setenv("MASKLOOP_DATA_DIR", str(tmp_path))
     assert main(["db", "upgrade"]) == 0
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == expected
+
+
+def test_versions_export_lists_every_file_and_show_preview_prints_no_pycocotools_lines(
+    sqlite_catalog: Catalog,
+    settings: Settings,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    images = {
+        "in/a/cat.png": ([box_mask(24, 32, 2, 12, 2, 20)], ["cat"]),
+        "in/b/cat.png": ([box_mask(24, 32, 10, 20, 4, 30)], ["dog"]),
+    }
+    made, _ = make_version(sqlite_catalog, s3, bucket, images)
+    for name, value in {
+        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
+        "MASKLOOP_DATABASE_URL": sqlite_catalog.url,
+        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
+        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
+        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
+    }.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "export"
+    capfd.readouterr()
+    assert main(["versions", "export", str(made.version.id), "--out", str(out), "--images"]) == 0
+    printed = capfd.readouterr().out.splitlines()
+    assert printed[0] == f"exported version {made.version.id} to {out}"
+    assert [line.split()[0] for line in printed[1:]] == ["labels.json", "manifest.json", "data/"]
+    assert "COCO: 2 images, 2 annotations, 2 categories" in printed[1] and printed[2].endswith("2 items")
+    assert " 2 image files, " in printed[3] and len(list((out / "data").iterdir())) == 2
+
+    assert main(["versions", "show", str(made.version.id), "--preview", str(tmp_path / "sheet.png")]) == 0
+    shown = capfd.readouterr()
+    assert "index" not in shown.out + shown.err and shown.out.rstrip().endswith(f"preview: {tmp_path / 'sheet.png'}")

@@ -185,9 +185,9 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
     # the COCO export round-trips: annToMask equals the stored human masks
     from pycocotools.coco import COCO
 
-    out = export_version(catalog, s3, first.version.id, tmp_path / "export", images=True)
-    coco = COCO(str(out))
-    out_coco_text = out.read_text()
+    exported_to = export_version(catalog, s3, first.version.id, tmp_path / "export", images=True)
+    coco = COCO(str(exported_to.labels))
+    out_coco_text = exported_to.labels.read_text()
     with catalog.session() as session:
         stored = {}
         for ann in session.scalars(select(Annotation).where(Annotation.status == "accepted")):
@@ -197,12 +197,14 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
     assert len(exported) == 4
     for mask in exported:
         assert any(np.array_equal(mask, m) for m in stored.values())
-    assert len(list((tmp_path / "export" / "images").rglob("*.png"))) == 2
+    assert sorted(p.name for p in (tmp_path / "export" / "data").iterdir()) == sorted(
+        img["file_name"] for img in coco.dataset["images"]
+    )
 
     # COCOeval of the predictions against the version gives the agreement table's IoUs
     from pycocotools.cocoeval import COCOeval
 
-    img_of = {img["file_name"]: img["id"] for img in coco.dataset["images"]}
+    img_of = {img["maskloop_s3_uri"]: img["id"] for img in coco.dataset["images"]}
     cat_of = {c["name"]: c["id"] for c in coco.dataset["categories"]}
     with catalog.session() as session:
         pred0 = session.scalar(select(Prediction).where(Prediction.asset_id == assets[0]))
@@ -279,7 +281,7 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
         main(["versions", "export", str(first.version.id), "--format", "coco", "--out", str(tmp_path / "cli-export")])
         == 0
     )
-    assert (tmp_path / "cli-export" / "annotations.json").read_text() == out_coco_text
+    assert (tmp_path / "cli-export" / "labels.json").read_text() == out_coco_text
     assert main(["versions", "show", "999999"]) == 1
 
 
