@@ -60,6 +60,30 @@ _META_TO_HF: list[tuple[str, str]] = [
 ]
 _COMPILED = [(re.compile(pattern), replacement) for pattern, replacement in _META_TO_HF]
 _POINT_EMBED = re.compile(r"^prompt_encoder\.point_embed\.(\d+)\.weight$")
+# Meta's memory mask downsampler is one Sequential of (conv, norm, GELU) * n + final conv: encoder.{3k} is layer k's
+# conv, encoder.{3k+1} its norm, the last index the final conv (transformers names them layers.k.* / final_conv).
+_DOWNSAMPLER = re.compile(r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.(weight|bias)$")
+
+
+def _rename_downsampler(keys: list[str]) -> dict[str, str]:
+    indices = [int(m.group(1)) for m in map(_DOWNSAMPLER.match, keys) if m]
+    if not indices:
+        return {}
+    last = max(indices)
+    renamed = {}
+    for key in keys:
+        match = _DOWNSAMPLER.match(key)
+        if not match:
+            continue
+        index, kind = int(match.group(1)), match.group(2)
+        if index == last:
+            renamed[key] = f"memory_encoder.mask_downsampler.final_conv.{kind}"
+        elif index % 3 in (0, 1):
+            part = "conv" if index % 3 == 0 else "layer_norm"
+            renamed[key] = f"memory_encoder.mask_downsampler.layers.{index // 3}.{part}.{kind}"
+        else:
+            raise ValueError(f"SAM 2 checkpoint: unexpected weight {key} (mask downsampler activations have none)")
+    return renamed
 
 
 def meta_key_to_hf(key: str) -> str:
@@ -79,8 +103,9 @@ def meta_to_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
 
     converted: dict[str, torch.Tensor] = {}
     point_embeds: dict[int, torch.Tensor] = {}
+    downsampler = _rename_downsampler(list(state_dict))
     for key, value in state_dict.items():
-        new_key = meta_key_to_hf(key)
+        new_key = downsampler.get(key) or meta_key_to_hf(key)
         match = _POINT_EMBED.match(new_key)
         if match:
             point_embeds[int(match.group(1))] = value

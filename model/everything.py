@@ -1,9 +1,17 @@
 """Segment-everything: a point grid decoded in large batches on one cached embedding, filtered with tensors.
 
 Per image (and per crop when ``crop_n_layers`` > 0): all crops of all images go through the encoder together;
-grid points are decoded ``points_per_batch`` at a time with three masks each; candidates are filtered by predicted
-IoU and stability *on the low-resolution logits*, cleaned (holes / small regions) and de-duplicated by mask NMS
-there too; only the survivors are upsampled to full resolution. Crops add an edge filter and a cross-crop box NMS.
+grid points are decoded ``points_per_batch`` at a time with three masks each. Two ways to filter the candidates
+(``EverythingParams.filter_at``):
+
+- ``"original"`` (default) as Meta's ``SAM2AutomaticMaskGenerator``: predicted-IoU filter, then each candidate
+  upsampled to the crop's size, stability score there, box NMS on the masks' boxes (inclusive pixel coordinates,
+  as Meta's ``batched_mask_to_box``). ``tests/reference`` checks it mask for mask against Meta's generator.
+- ``"low"``: stability, cleaning and mask NMS on the 256x256 low-resolution logits; only the survivors are
+  upsampled. Several times less work per image; masks differ from Meta's at the edges.
+
+Crops add an edge filter and a cross-crop box NMS. Region cleaning (``min_region_area`` / ``max_hole_area``) works
+on the low-resolution logits in both modes (Meta cleans the final masks with OpenCV).
 """
 
 from __future__ import annotations
@@ -23,13 +31,17 @@ if TYPE_CHECKING:
     from model.segmenter import Segmenter
 
 
+FILTER_MODES = ("original", "low")
+
+
 @dataclass(frozen=True)
 class EverythingParams:
-    """Segment-everything settings (defaults follow SAM's automatic mask generator / transformers' pipeline)."""
+    """Segment-everything settings (defaults follow Meta's ``SAM2AutomaticMaskGenerator``; ``points_per_batch``
+    only changes speed and memory)."""
 
     points_per_side: int = 32
     points_per_batch: int = 256
-    pred_iou_thresh: float = 0.88
+    pred_iou_thresh: float = 0.8
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
     mask_threshold: float = 0.0
@@ -41,8 +53,11 @@ class EverythingParams:
     min_region_area: int = 0
     max_hole_area: int = 0
     max_masks: int | None = None
+    filter_at: str = "original"
 
     def __post_init__(self) -> None:
+        if self.filter_at not in FILTER_MODES:
+            raise ValueError(f"filter_at must be one of {FILTER_MODES}, got {self.filter_at!r}")
         if self.points_per_side < 1:
             raise ValueError(f"points_per_side must be >= 1, got {self.points_per_side}")
         if self.points_per_batch < 1:
@@ -101,12 +116,134 @@ def _low_res_boxes(masks: torch.Tensor, scale_x: float, scale_y: float) -> torch
     return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    """Surviving masks of one crop: (N, crop_h, crop_w) bool masks, their boxes in crop pixels, scores, points."""
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    iou: torch.Tensor
+    stability: torch.Tensor
+    points: torch.Tensor
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def take(self, keep: torch.Tensor) -> _Candidates:
+        cpu = keep.cpu()
+        return _Candidates(
+            self.masks[keep], self.boxes[keep], self.iou[keep], self.stability[keep], self.points[cpu], self.crop
+        )
+
+    def with_crop(self, crop: tuple[int, int, int, int]) -> _Candidates:
+        return _Candidates(self.masks, self.boxes, self.iou, self.stability, self.points, crop)
+
+
+def mask_boxes_inclusive(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> (N, 4) xyxy with x2/y2 the last pixel inside (Meta's ``batched_mask_to_box``); empty -> 0."""
+    import torch
+
+    boxes = _low_res_boxes(masks, 1.0, 1.0)
+    nonempty = masks.flatten(1).any(dim=1, keepdim=True).float()
+    return boxes - torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device)[None] * nonempty
+
+
+def _upsampled_masks(logits: torch.Tensor, size: tuple[int, int], threshold: float, chunk: int = 64) -> torch.Tensor:
+    import torch
+
+    from model.preprocess import upsample_logits
+
+    parts = [upsample_logits(logits[s : s + chunk], size) > threshold for s in range(0, logits.shape[0], chunk)]
+    return torch.cat(parts) if parts else torch.zeros((0, *size), dtype=torch.bool, device=logits.device)
+
+
+def _filter_original(
+    segmenter: Segmenter,
+    logits: torch.Tensor,
+    iou: torch.Tensor,
+    points: torch.Tensor,
+    crop_size: tuple[int, int],
+    params: EverythingParams,
+    chunk: int = 64,
+) -> _Candidates:
+    """Meta's order: stability of each candidate upsampled to the crop size, threshold, boxes, box NMS. Masks wait
+    for the NMS bit-packed on the CPU (as Meta keeps them run-length encoded), so memory stays ~1 bit per pixel."""
+    import torch
+
+    from model.nms import box_iou, nms_from_iou
+    from model.preprocess import stability_scores, upsample_logits
+
+    h, w = crop_size
+    packed, boxes, kept_iou, kept_stab, kept_points = [], [], [], [], []
+    for start in range(0, logits.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        up = upsample_logits(logits[rows], crop_size)
+        stability = stability_scores(up, params.mask_threshold, params.stability_score_offset)
+        keep = stability > params.stability_score_thresh if params.stability_score_thresh > 0 else None
+        masks = up > params.mask_threshold
+        chunk_iou, chunk_points = iou[rows], points[rows]
+        if keep is not None:
+            masks, stability, chunk_iou, chunk_points = (
+                masks[keep],
+                stability[keep],
+                chunk_iou[keep],
+                chunk_points[keep.cpu()],
+            )
+        boxes.append(mask_boxes_inclusive(masks).cpu())
+        packed.append(np.packbits(masks.cpu().numpy(), axis=-1))
+        kept_iou.append(chunk_iou.cpu())
+        kept_stab.append(stability.cpu())
+        kept_points.append(chunk_points)
+    all_boxes = torch.cat(boxes) if boxes else torch.zeros((0, 4))
+    all_iou = torch.cat(kept_iou) if kept_iou else torch.zeros((0,))
+    order = nms_from_iou(box_iou(all_boxes, all_boxes), all_iou, params.nms_thresh)
+    bits = np.concatenate(packed) if packed else np.zeros((0, h, (w + 7) // 8), np.uint8)
+    chosen = order.numpy()
+    masks_out = torch.from_numpy(np.unpackbits(bits[chosen], axis=-1, count=w).astype(bool))
+    return _Candidates(
+        masks_out,
+        all_boxes[order],
+        all_iou[order],
+        (torch.cat(kept_stab) if kept_stab else torch.zeros((0,)))[order],
+        (torch.cat(kept_points) if kept_points else points[:0])[order],
+    )
+
+
+def _filter_low(
+    segmenter: Segmenter,
+    logits: torch.Tensor,
+    iou: torch.Tensor,
+    points: torch.Tensor,
+    crop_size: tuple[int, int],
+    params: EverythingParams,
+) -> _Candidates:
+    """Stability and mask NMS on the low-resolution logits; only the survivors are upsampled."""
+    from model.nms import mask_nms
+    from model.preprocess import stability_scores
+
+    stability = stability_scores(logits, params.mask_threshold, params.stability_score_offset)
+    if params.stability_score_thresh > 0:
+        keep = stability > params.stability_score_thresh
+        logits, iou, stability, points = logits[keep], iou[keep], stability[keep], points[keep.cpu()]
+    binary = logits > params.mask_threshold
+    nonempty = binary.flatten(1).any(dim=1)
+    logits, iou, stability, points, binary = (
+        logits[nonempty],
+        iou[nonempty],
+        stability[nonempty],
+        points[nonempty.cpu()],
+        binary[nonempty],
+    )
+    kept = mask_nms(binary, iou, params.nms_thresh)
+    logits, iou, stability, points = logits[kept], iou[kept], stability[kept], points[kept]
+    masks = _upsampled_masks(logits, crop_size, params.mask_threshold)
+    return _Candidates(masks, mask_boxes_inclusive(masks), iou.cpu(), stability.cpu(), points)
+
+
 def segment_everything(segmenter: Segmenter, images: list[np.ndarray], params: EverythingParams) -> list[Instances]:
     """All objects of each image as :class:`Instances` (label ``"object"``, prompt kind ``"grid"``)."""
     import torch
 
-    from model.nms import box_iou, mask_nms, nms_from_iou
-    from model.preprocess import check_image, stability_scores
+    from model.nms import box_iou, nms_from_iou
+    from model.preprocess import check_image
     from model.regions import clean_logits
 
     images = [check_image(image, i) for i, image in enumerate(images)]
@@ -117,10 +254,7 @@ def segment_everything(segmenter: Segmenter, images: list[np.ndarray], params: E
     crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in jobs]
     embeddings = segmenter.embed(crops)
     low_h, low_w = segmenter.mask_input_size
-    per_image: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int, int], torch.Tensor]]] = [
-        [] for _ in images
-    ]
-
+    per_image: list[list[_Candidates]] = [[] for _ in images]
     for j, (i, crop, layer) in enumerate(jobs):
         x0, y0, x1, y1 = crop
         crop_h, crop_w = y1 - y0, x1 - x0
@@ -135,10 +269,6 @@ def segment_everything(segmenter: Segmenter, images: list[np.ndarray], params: E
         if params.pred_iou_thresh > 0:  # a zero threshold disables the filter (as in SAM / transformers)
             keep = iou > params.pred_iou_thresh
             logits, iou, points = logits[keep], iou[keep], points[keep.cpu()]
-        stability = stability_scores(logits, params.mask_threshold, params.stability_score_offset)
-        if params.stability_score_thresh > 0:
-            keep = stability > params.stability_score_thresh
-            logits, iou, stability, points = logits[keep], iou[keep], stability[keep], points[keep.cpu()]
         if params.min_region_area or params.max_hole_area:
             to_low = (low_h * low_w) / float(crop_h * crop_w)
             logits = clean_logits(
@@ -147,40 +277,29 @@ def segment_everything(segmenter: Segmenter, images: list[np.ndarray], params: E
                 int(round(params.max_hole_area * to_low)),
                 params.mask_threshold,
             )
-        binary = logits > params.mask_threshold
-        nonempty = binary.flatten(1).any(dim=1)
-        logits, iou, stability, points, binary = (
-            logits[nonempty],
-            iou[nonempty],
-            stability[nonempty],
-            points[nonempty.cpu()],
-            binary[nonempty],
-        )
-        kept = mask_nms(binary, iou, params.nms_thresh)
-        logits, iou, stability, points, binary = logits[kept], iou[kept], stability[kept], points[kept], binary[kept]
+        select = _filter_original if params.filter_at == "original" else _filter_low
+        found = select(segmenter, logits, iou, points, (crop_h, crop_w), params)
         if len(jobs) > 1 and (crop_h, crop_w) != images[i].shape[:2]:
-            boxes = _low_res_boxes(binary, crop_w / low_w, crop_h / low_h)
-            near = _near_crop_edge(boxes, crop, images[i].shape[:2])
-            logits, iou, stability, points = logits[~near], iou[~near], stability[~near], points[~near.cpu()]
-        per_image[i].append((logits, iou, stability, crop, points))
+            near = _near_crop_edge(found.boxes, crop, images[i].shape[:2])
+            found = found.take(~near)
+        per_image[i].append(found.with_crop(crop))
 
     results = []
     for i, parts in enumerate(per_image):
         height, width = images[i].shape[:2]
         masks_list, ious, stabs, prompts = [], [], [], []
-        for logits, iou, stability, crop, points in parts:
-            x0, y0, x1, y1 = crop
-            local = segmenter.logits_to_masks(logits, (y1 - y0, x1 - x0), params.mask_threshold)
-            full = np.zeros((local.shape[0], height, width), dtype=bool)
-            full[:, y0:y1, x0:x1] = local
+        for part in parts:
+            x0, y0, x1, y1 = part.crop
+            full = np.zeros((part.masks.shape[0], height, width), dtype=bool)
+            full[:, y0:y1, x0:x1] = part.masks.cpu().numpy()
             masks_list.append(full)
-            ious.append(iou.cpu().numpy())
-            stabs.append(stability.cpu().numpy())
-            for px, py in points.tolist():
+            ious.append(part.iou.cpu().numpy())
+            stabs.append(part.stability.cpu().numpy())
+            for px, py in part.points.tolist():
                 prompts.append(
                     Prompt(
                         "grid",
-                        {"point": [round(px + x0, 2), round(py + y0, 2)], "crop": list(crop)},
+                        {"point": [round(px + x0, 2), round(py + y0, 2)], "crop": list(part.crop)},
                         segmenter.model_version,
                     )
                 )

@@ -1,8 +1,9 @@
 """SAM 2 pre/post-processing in plain torch (transformers' Sam2 processors need torchvision).
 
-Same maths as ``Sam2ImageProcessor``: resize to the square model input (bilinear, antialiased, rounded back to
-uint8 levels), rescale by 1/255, ImageNet normalisation; prompt coordinates scaled per axis to the input size;
-low-resolution mask logits upsampled bilinearly straight to the original image size.
+Same maths as Meta's ``SAM2Transforms`` (``sam2.utils.transforms``, checked by ``tests/reference``): rescale by
+1/255, resize to the square model input (bilinear, antialiased, in float — not rounded back to uint8 levels as
+transformers' ``Sam2ImageProcessor`` does), ImageNet normalisation; prompt coordinates scaled per axis to the input
+size; low-resolution mask logits upsampled bilinearly straight to the original image size.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ def preprocess_images(images: Sequence[np.ndarray], size: int, device: torch.dev
     batch = []
     for i, image in enumerate(images):
         image = check_image(image, i)
-        pixels = torch.from_numpy(np.array(image, order="C", copy=True)).to(device).permute(2, 0, 1)[None].float()
+        pixels = torch.from_numpy(np.array(image, order="C", copy=True)).to(device).permute(2, 0, 1)[None]
+        pixels = pixels.float().div_(255.0)
         if pixels.shape[-2:] != (size, size):
             pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            pixels = pixels.round_().clamp_(0, 255)
         batch.append(pixels)
-    stacked = torch.cat(batch) / 255.0
+    stacked = torch.cat(batch)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return (stacked - mean) / std

@@ -53,6 +53,22 @@ class ObjectFrame:
         return self.presence >= 0.5 and bool(self.mask.any())
 
 
+@dataclass(frozen=True)
+class _Input:
+    """A prompt of one object on one frame: a (1, 1, S, S) binary mask, or points (1, 1, N, 2) with labels."""
+
+    mask: torch.Tensor | None = None
+    coords: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def to(self, device: str, dtype: torch.dtype) -> _Input:
+        return _Input(
+            mask=None if self.mask is None else self.mask.to(device, dtype=dtype),
+            coords=None if self.coords is None else self.coords.to(device, dtype=dtype),
+            labels=None if self.labels is None else self.labels.to(device),
+        )
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -143,16 +159,13 @@ class Sam2Video:
 
         from model.device import resolve_dtype as default_dtype
         from model.device import select_device
-        from model.errors import ModelNotAvailableError
         from model.loading import load_pretrained, sha256_of_files
 
         dev = select_device(device)
         dt = default_dtype(dtype, dev)
         source = Path(str(path)).expanduser()
         if source.suffix in {".pt", ".pth"}:
-            raise ModelNotAvailableError(
-                f"{source.name}: Meta .pt checkpoints are not supported for video; convert it to transformers format"
-            )
+            return cls._from_meta_checkpoint(source, str(dev), dt)
         if not source.is_dir():
             loaded = load_pretrained(Sam2VideoModel, str(path))
             return cls(loaded.model.to(device=dev, dtype=dt), f"sam2_video:{loaded.model_version}", str(dev), dt)
@@ -167,6 +180,27 @@ class Sam2Video:
         weights = [p for p in source.iterdir() if p.suffix in (".safetensors", ".bin")]
         sha = sha256_of_files(weights)[:8]
         return cls(model.to(device=dev, dtype=dt), f"sam2_video:{source.name}@{sha}", str(dev), dt)
+
+    @classmethod
+    def _from_meta_checkpoint(cls, source: Path, device: str, dtype: torch.dtype) -> Sam2Video:
+        """A Meta ``.pt`` (``{"model": state_dict}``, image and memory weights in one file): the architecture comes
+        from the Hiera size in the file name, every tensor is renamed (:mod:`model.convert`) and must be used."""
+        from transformers import Sam2VideoModel
+
+        from model.configs import hiera_size_from_name, sam2_architecture_config
+        from model.convert import meta_to_hf_state_dict
+        from model.errors import ModelNotAvailableError
+        from model.loading import load_pretrained
+
+        size = hiera_size_from_name(source.name)
+        if size is None:
+            raise ModelNotAvailableError(
+                f"{source.name}: cannot tell the SAM 2 size from the file name; keep Meta's name (sam2.1_hiera_tiny.pt, "
+                "sam2.1_hiera_small.pt, sam2.1_hiera_base_plus.pt, sam2.1_hiera_large.pt)"
+            )
+        config = video_config_from_image_config(sam2_architecture_config(size))
+        loaded = load_pretrained(Sam2VideoModel, source, config=config, convert_state_dict=meta_to_hf_state_dict)
+        return cls(loaded.model.to(device=device, dtype=dtype), f"sam2_video:{loaded.model_version}", device, dtype)
 
     @property
     def image_size(self) -> int:
@@ -222,31 +256,46 @@ class Sam2VideoSession:
         if self.prune_enabled:
             self._prune()
         objs = list(range(self.session.get_obj_num()))
-        return self._run(objs, masks=None)
+        return self._run(objs, None)
 
-    def prompt(self, masks: dict[int, np.ndarray]) -> dict[int, ObjectFrame]:
-        """Prompt objects (new ids or existing ones) with (H, W) masks on the current frame."""
+    def prompt(
+        self,
+        masks: dict[int, np.ndarray] | None = None,
+        *,
+        points: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+        boxes: dict[int, np.ndarray] | None = None,
+    ) -> dict[int, ObjectFrame]:
+        """Prompt objects (new ids or existing ones) on the current frame: ``masks`` (H, W) per object, or
+        ``points`` ((K, 2) xy frame pixels, (K,) labels 1/0) and/or ``boxes`` (xyxy frame pixels) per object, as
+        Meta's ``add_new_mask`` / ``add_new_points_or_box``."""
         if self.frame_idx < 0:
             raise ValueError("Sam2VideoSession.prompt needs a frame first; call step() with the first frame")
-        if not masks:
-            return {}
-        objs = []
-        inputs = {}
+        masks, points, boxes = masks or {}, points or {}, boxes or {}
+        both = set(masks) & (set(points) | set(boxes))
+        if both:
+            raise ValueError(f"objects {sorted(both)}: give a mask or points/boxes, not both")
+        inputs: dict[int, _Input] = {}
         for obj_id, mask in masks.items():
             if mask.shape != (self.height, self.width):
                 raise ValueError(
                     f"prompt mask for object {obj_id} must be ({self.height}, {self.width}), got {mask.shape}"
                 )
-            obj_idx = self.session.obj_id_to_idx(int(obj_id))
-            objs.append(obj_idx)
-            inputs[obj_idx] = self._mask_input(mask)
-        return self._run(objs, masks=inputs)
+            inputs[self.session.obj_id_to_idx(int(obj_id))] = _Input(mask=self._mask_input(mask))
+        for obj_id in sorted(set(points) | set(boxes)):
+            coords, labels = self._point_input(points.get(obj_id), boxes.get(obj_id), obj_id)
+            inputs[self.session.obj_id_to_idx(int(obj_id))] = _Input(coords=coords, labels=labels)
+        return self._run(list(inputs), inputs) if inputs else {}
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """As Meta's video predictor loads frames: PIL bicubic resize of the uint8 frame, 1/255, ImageNet norm."""
+        from PIL import Image
+
         size = self.video.image_size
-        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        frame = np.ascontiguousarray(rgb, dtype=np.uint8)
+        if frame.shape[:2] != (size, size):
+            frame = np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC))
+        x = torch.from_numpy(np.array(frame)).permute(2, 0, 1).float().div_(255.0)
         return (x - self._mean) / self._std
 
     def _mask_input(self, mask: np.ndarray) -> torch.Tensor:
@@ -257,23 +306,50 @@ class Sam2VideoSession:
             m = (m >= 0.5).float()
         return m
 
+    def _point_input(
+        self, points: tuple[np.ndarray, np.ndarray] | None, box: np.ndarray | None, obj_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 1, N, 2) model-input coordinates and (1, 1, N) labels: the box as two corner points (labels 2, 3)
+        first, then the points, as Meta's ``add_new_points_or_box``."""
+        coords, labels = [], []
+        if box is not None:
+            xyxy = np.asarray(box, np.float32).reshape(-1)
+            if xyxy.shape != (4,) or xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
+                raise ValueError(f"box for object {obj_id} must be xyxy with x2 >= x1, y2 >= y1, got {box}")
+            coords.append(xyxy.reshape(2, 2))
+            labels.append(np.array([2, 3], np.int64))
+        if points is not None:
+            xy, lab = np.asarray(points[0], np.float32).reshape(-1, 2), np.asarray(points[1], np.int64).reshape(-1)
+            if len(xy) != len(lab) or not np.isin(lab, (0, 1)).all():
+                raise ValueError(f"points for object {obj_id}: need (K, 2) xy and K labels in {{0, 1}}, got {lab}")
+            coords.append(xy)
+            labels.append(lab)
+        scale = np.array([self.video.image_size / self.width, self.video.image_size / self.height], np.float32)
+        xy_all = torch.from_numpy(np.concatenate(coords) * scale)[None, None]
+        return xy_all, torch.from_numpy(np.concatenate(labels))[None, None]
+
     @torch.inference_mode()
-    def _run(self, objs: list[int], masks: dict[int, torch.Tensor] | None) -> dict[int, ObjectFrame]:
+    def _run(self, objs: list[int], inputs: dict[int, _Input] | None) -> dict[int, ObjectFrame]:
         session, model, t = self.session, self.model, self.frame_idx
+        size = self.video.image_size
         results: dict[int, ObjectFrame] = {}
         high_res, score_logits = [], []
         for obj_idx in objs:
-            mask_in = None if masks is None else masks[obj_idx].to(self.video.device, dtype=self.video.dtype)
-            out, iou = self._infer(obj_idx, t, mask_in)
-            cond = mask_in is not None
+            given = None if inputs is None else inputs[obj_idx].to(self.video.device, self.video.dtype)
+            out, iou = self._infer(obj_idx, t, given)
+            cond = given is not None
             per_obj = session.output_dict_per_obj[obj_idx]
             if cond:
                 per_obj["non_cond_frame_outputs"].pop(t, None)
                 session.frames_tracked_per_obj[obj_idx].pop(t, None)
+                # as Meta's propagate_in_video_preflight: a prompted frame's memory is encoded from its low-res
+                # mask upsampled to the model size (not the decoder's high-res output), binarised
+                memory_mask = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
             else:
                 session.frames_tracked_per_obj[obj_idx][t] = {"reverse": False}
+                memory_mask = out["high_res_masks"]
             session.store_output(obj_idx, t, output_value=out, is_conditioning_frame=cond)
-            high_res.append(out["high_res_masks"])
+            high_res.append(memory_mask)
             score_logits.append(out["object_score_logits"])
             results[session.obj_idx_to_id(obj_idx)] = self._to_object_frame(out, iou)
         if objs and model.num_maskmem > 0:
@@ -283,7 +359,7 @@ class Sam2VideoSession:
                 objects_needing_memory_encoding=objs,
                 high_res_masks_for_memory=high_res,
                 object_score_logits_for_memory=score_logits,
-                is_mask_from_pts_per_obj=[masks is not None] * len(objs),
+                is_mask_from_pts_per_obj=[inputs is not None] * len(objs),
             )
         if self.prune_enabled:
             for obj_idx in objs:  # high-res logits are only needed for the memory encoding just done
@@ -293,7 +369,7 @@ class Sam2VideoSession:
                         stored.pop("high_res_masks", None)
         return results
 
-    def _infer(self, obj_idx: int, t: int, mask_in: torch.Tensor | None) -> tuple[dict[str, Any], float]:
+    def _infer(self, obj_idx: int, t: int, given: _Input | None) -> tuple[dict[str, Any], float]:
         """One object on frame ``t`` (mirrors ``Sam2VideoModel._run_single_frame_inference``, plus the IoU)."""
         model, session = self.model, self.session
         feats, pos = model._prepare_vision_features(session, t, 1)
@@ -301,12 +377,18 @@ class Sam2VideoSession:
             x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
             for x, s in zip(feats[:-1], model.backbone_feature_sizes[:-1], strict=True)
         ]
-        if mask_in is not None:
+        if given is not None and given.mask is not None:
             pix = feats[-1].permute(1, 2, 0).view(-1, model.hidden_dim, *model.backbone_feature_sizes[-1])
-            sam = model._use_mask_as_output(pix, high_res_features, mask_in)
+            sam = model._use_mask_as_output(pix, high_res_features, given.mask)
             iou = 1.0
         else:
-            is_init = not session.output_dict_per_obj[obj_idx]["cond_frame_outputs"]
+            # Meta: an object's prompt is an initial conditioning frame unless that frame was already tracked (then
+            # the prompt refines a memory-conditioned prediction; Meta also feeds the tracked logits back as a mask
+            # input there, which this session does not)
+            if given is not None:
+                is_init = t not in session.frames_tracked_per_obj[obj_idx]
+            else:
+                is_init = not session.output_dict_per_obj[obj_idx]["cond_frame_outputs"]
             pix = model._prepare_memory_conditioned_features(
                 inference_session=session,
                 frame_idx=t,
@@ -318,11 +400,12 @@ class Sam2VideoSession:
                 track_in_reverse_time=False,
                 streaming=True,
             )
-            multimask = model._use_multimask(is_init, None)
+            point_inputs = None if given is None else {"point_labels": given.labels}
+            multimask = model._use_multimask(is_init, point_inputs)
             sam = model._single_frame_forward(
                 pixel_values=None,
-                input_points=None,
-                input_labels=None,
+                input_points=None if given is None else given.coords,
+                input_labels=None if given is None else given.labels,
                 input_masks=None,
                 image_embeddings=high_res_features + [pix],
                 multimask_output=multimask,
@@ -340,11 +423,9 @@ class Sam2VideoSession:
         return out, iou
 
     def _to_object_frame(self, out: dict[str, Any], iou: float) -> ObjectFrame:
-        size = self.video.image_size
         logits = out["pred_masks"].float().cpu()
         logits = logits.reshape(1, 1, *logits.shape[-2:])
-        if logits.shape[-2:] != (size, size):
-            logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        # straight from the low-res logits to the frame size, as Meta's _get_orig_video_res_output
         logits = F.interpolate(logits, size=(self.height, self.width), mode="bilinear", align_corners=False)
         presence = float(torch.sigmoid(out["object_score_logits"].float()).flatten()[0])
         return ObjectFrame(mask=(logits[0, 0] > 0).numpy(), score=iou, presence=presence)

@@ -2,12 +2,27 @@
 # Set up maskloop on a fresh machine: a virtualenv with the project (.venv), Label Studio in its own venv (.venv-ls).
 #   scripts/setup.sh          runtime only (enough for `maskloop demo`)
 #   scripts/setup.sh --dev    plus test/lint tools, Debian's chromium for the browser test and FiftyOne (.venv-fo)
+#   scripts/setup.sh --reference   only Meta's SAM 2 code in its own venv (.venv-ref) for tests/reference
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
 [[ "${1:-}" == "--dev" ]] && DEV=1
 PY=${PYTHON:-python3}
+
+# --reference: Meta's sam2 package (code only; weights are never downloaded) with a torch/torchvision pair that loads
+# together (torchvision does not load against the project's CPU torch 2.13.0: `torchvision::nms does not exist`).
+# ~3 min and ~5.5 GB (a CUDA build that also runs on the CPU). The project's own venv is not touched.
+if [[ "${1:-}" == "--reference" ]]; then
+  REF_SPEC=(${MASKLOOP_REFERENCE_SPEC:-torch==2.14.1 torchvision==0.29.1 sam2==1.1.0})
+  if ! .venv-ref/bin/python -c "import sam2, torchvision" 2>/dev/null; then
+    [[ -x .venv-ref/bin/python ]] || "$PY" -m venv .venv-ref
+    .venv-ref/bin/python -m pip install -q --upgrade pip
+    .venv-ref/bin/python -m pip install -q "${REF_SPEC[@]}"
+  fi
+  echo "setup: reference venv ready (.venv-ref); run: .venv/bin/python -m pytest tests/reference -q"
+  exit 0
+fi
 
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv

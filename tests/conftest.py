@@ -19,6 +19,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``tests/reference`` (Meta's code in its own venv) is its own run: collected only when named on the command
+    line (`pytest tests/reference`), not by the main suite's `pytest tests`."""
+    if collection_path.name == "reference" and collection_path.parent == REPO_ROOT / "tests":
+        named = any("reference" in str(arg) for arg in config.args)
+        return None if named else True
+    return None
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     with moto_s3_server() as url:

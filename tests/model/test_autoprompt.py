@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,7 @@ def _box_logits(y0: int, y1: int, x0: int, x1: int, inside: float = 6.0) -> torc
     return out
 
 
-def test_everything_filters_by_iou_and_stability_then_deduplicates() -> None:
+def test_everything_low_res_mode_filters_by_iou_and_stability_then_deduplicates() -> None:
     good_a = _box_logits(0, 4, 0, 4)
     good_a_dup = _box_logits(0, 4, 0, 3)  # mask IoU 0.75 with good_a, lower score
     good_b = _box_logits(4, 8, 4, 8)
@@ -117,19 +117,45 @@ def test_everything_filters_by_iou_and_stability_then_deduplicates() -> None:
     iou = torch.tensor([[0.95, 0.93, 0.5], [0.9, 0.99, 0.5], [0.1, 0.1, 0.1], [0.2, 0.2, 0.2]])
     fake = _ScriptedSegmenter(logits, iou)
     image = np.zeros((80, 80, 3), np.uint8)
-    result = segment_everything(fake, [image], EverythingParams(points_per_side=2, nms_thresh=0.7))[0]  # type: ignore[arg-type]
+    result = segment_everything(fake, [image], EverythingParams(points_per_side=2, nms_thresh=0.7, filter_at="low"))[0]  # type: ignore[arg-type]
     assert len(result) == 2
     assert result.scores.tolist() == pytest.approx([0.95, 0.9])
     assert result.boxes.tolist() == [[0, 0, 40, 40], [40, 40, 80, 80]]
     assert [p.kind for p in result.prompts] == ["grid", "grid"]
     assert result.prompts[0].params["point"] == [20.0, 20.0] and result.prompts[1].params["point"] == [60.0, 20.0]
     assert np.all(result.stability == 1.0)
-    loose = segment_everything(fake, [image], EverythingParams(points_per_side=2, nms_thresh=0.8))[0]  # type: ignore[arg-type]
+    loose = segment_everything(fake, [image], EverythingParams(points_per_side=2, nms_thresh=0.8, filter_at="low"))[0]  # type: ignore[arg-type]
     assert len(loose) == 3  # the 0.75-IoU duplicate survives a looser NMS
     unfiltered = segment_everything(
-        fake, [image], EverythingParams(points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
+        fake, [image], EverythingParams(points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0, filter_at="low")
     )[0]  # type: ignore[arg-type]
     assert len(unfiltered) >= 4  # low-IoU and unstable masks come back when the filters are off
+
+
+def test_everything_default_mode_scores_stability_at_full_size_and_suppresses_by_box() -> None:
+    sharp = _box_logits(0, 4, 0, 4)  # +-6 logits: stability ~0.91 once upsampled 10x
+    shifted = _box_logits(0, 4, 0, 3)  # box IoU ~0.74 with `sharp`, lower score -> suppressed at 0.7
+    other = _box_logits(4, 8, 4, 8)
+    coarse = _box_logits(0, 8, 0, 2, inside=1.2)  # stability 1.0 at low res, 0.83 upsampled
+    low = _box_logits(2, 6, 2, 6)
+    logits = torch.stack(
+        [
+            torch.stack([sharp, shifted, low]),
+            torch.stack([other, coarse, low]),
+            torch.stack([low] * 3),
+            torch.stack([low] * 3),
+        ]
+    )
+    iou = torch.tensor([[0.95, 0.93, 0.5], [0.9, 0.99, 0.5], [0.1, 0.1, 0.1], [0.2, 0.2, 0.2]])
+    fake = _ScriptedSegmenter(logits, iou)
+    params = EverythingParams(points_per_side=2, stability_score_thresh=0.85, nms_thresh=0.7)
+    result = segment_everything(fake, [np.zeros((80, 80, 3), np.uint8)], params)[0]  # type: ignore[arg-type]
+    assert result.scores.tolist() == pytest.approx([0.95, 0.9])
+    assert np.all((result.stability > 0.85) & (result.stability < 1.0))  # scored on the upsampled logits
+    low_res = segment_everything(fake, [np.zeros((80, 80, 3), np.uint8)], replace(params, filter_at="low"))[0]  # type: ignore[arg-type]
+    assert 0.99 in [round(float(s), 2) for s in low_res.scores]  # the coarse mask passes only at low resolution
+    looser = segment_everything(fake, [np.zeros((80, 80, 3), np.uint8)], replace(params, nms_thresh=0.8))[0]  # type: ignore[arg-type]
+    assert len(looser) == 3  # the shifted box survives a looser box NMS
 
 
 def test_everything_removes_small_regions_and_fills_holes_before_upsampling() -> None:
@@ -139,12 +165,16 @@ def test_everything_removes_small_regions_and_fills_holes_before_upsampling() ->
     logits = torch.stack([torch.stack([blob, blob, blob])] + [torch.stack([_box_logits(0, 0, 0, 0)] * 3)] * 3)
     iou = torch.tensor([[0.99, 0.0, 0.0]] + [[0.0] * 3] * 3)
     fake = _ScriptedSegmenter(logits, iou)
-    params = EverythingParams(points_per_side=2, min_region_area=400, max_hole_area=400)  # 400 px = 4 low-res cells
+    params = EverythingParams(
+        points_per_side=2, min_region_area=400, max_hole_area=400, filter_at="low"
+    )  # 400 px: 4 cells
     result = segment_everything(fake, [np.zeros((80, 80, 3), np.uint8)], params)[0]  # type: ignore[arg-type]
     assert len(result) == 1
     mask = result.masks[0]
     assert mask[25, 25] and not mask[75, 75]
-    raw = segment_everything(fake, [np.zeros((80, 80, 3), np.uint8)], EverythingParams(points_per_side=2))[0]  # type: ignore[arg-type]
+    raw = segment_everything(
+        fake, [np.zeros((80, 80, 3), np.uint8)], EverythingParams(points_per_side=2, filter_at="low")
+    )[0]  # type: ignore[arg-type]
     assert not raw.masks[0][25, 25] and raw.masks[0][75, 75]
 
 
