@@ -114,7 +114,9 @@ def run_size(name: str, workdir: Path, images: list[np.ndarray], frames: list[np
     result["encoder_img_s_meta"] = round(8 / _timed(meta_encode, rounds), 1)
     compiled = Segmenter.from_pretrained(checkpoint, device="cuda", dtype="bf16", compile_encoder=True)
     compiled.embed(batch, batch_size=8)  # compile
-    result["encoder_img_s_maskloop_compiled"] = round(8 / _timed(lambda: compiled.embed(batch, batch_size=8), rounds), 1)
+    result["encoder_img_s_maskloop_compiled"] = round(
+        8 / _timed(lambda: compiled.embed(batch, batch_size=8), rounds), 1
+    )
     params = EverythingParams(points_per_side=32, points_per_batch=256)
     result["everything_s_maskloop"] = round(_timed(lambda: segment_everything(seg, [images[0]], params), rounds), 3)
     generator = SAM2AutomaticMaskGenerator(meta, points_per_side=32, points_per_batch=256)

@@ -15,16 +15,21 @@ if [[ "${1:-}" == "--prepare" ]]; then
   PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${PLATFORMS[@]}" -d "$WHEELS" transformers==5.23.0 hydra-core==1.3.2 omegaconf==2.3.0
-  # antlr4 and iopath come as sources: pure wheels built here
+  # antlr4 and iopath come as sources: pure wheels built here. Meta's sam2 builds only beside torch (its setup
+  # imports it): built in the reference venv without its CUDA ops (SAM2_BUILD_CUDA=0), then tagged pure Python
   python3 -m pip wheel -q --no-deps -w "$WHEELS" antlr4-python3-runtime==4.9.3 iopath==0.1.10
-  python3 -m pip download -q --no-deps --no-binary=:all: -d "$WHEELS" sam2==1.1.0  # sources: built there, without CUDA ops
+  [[ -x .venv-ref/bin/python ]] || bash scripts/setup.sh --reference
+  tmp=$(mktemp -d)
+  SAM2_BUILD_CUDA=0 .venv-ref/bin/python -m pip wheel -q --no-deps --no-build-isolation -w "$tmp" sam2==1.1.0
+  .venv-ref/bin/python -m pip install -q wheel
+  .venv-ref/bin/python -m wheel tags --python-tag py3 --abi-tag none --platform-tag any --remove "$tmp"/sam2-*.whl
+  mv "$tmp"/sam2-*.whl "$WHEELS"/
   ls -la "$WHEELS"
   exit 0
 fi
 OUT=${OUT:-test-artifacts/gpu}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-SAM2_BUILD_CUDA=0 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site "$WHEELS"/sam2-*.tar.gz
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, sam2; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"

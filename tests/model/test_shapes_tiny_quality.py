@@ -81,18 +81,27 @@ def test_point_prompt_iou_at_least_floor(segmenter, held_out):
     assert np.mean(ious) >= POINT_FLOOR
 
 
-def test_everything_mode_recall_at_iou_075_at_least_floor(segmenter, held_out):
+# masks proposed per ground-truth object, at most: box NMS (Meta's, the default) keeps nested masks whose boxes
+# differ, so it proposes more than mask NMS on the low-res logits
+PROPOSALS_PER_OBJECT = {"original": 3.5, "low": 3.0}
+
+
+@pytest.mark.parametrize("filter_at", ["original", "low"])
+def test_everything_mode_recall_at_iou_075_at_least_floor(segmenter, held_out, filter_at):
     from model.autoprompt import auto_segment
 
     found = total = proposed = 0
     for sample in held_out[:EVERYTHING_IMAGES]:
-        instances = auto_segment(segmenter, [sample.image], "everything", points_per_side=16, **EVERYTHING_PARAMS)[0]
+        instances = auto_segment(
+            segmenter, [sample.image], "everything", points_per_side=16, filter_at=filter_at, **EVERYTHING_PARAMS
+        )[0]
         proposed += len(instances.masks)
         for target in sample.masks:
             total += 1
             found += any(_iou(mask, target) >= 0.75 for mask in instances.masks)
     assert found / total >= EVERYTHING_FLOOR
-    assert proposed <= 3 * total  # recall from a few masks per object, not from flooding the image with candidates
+    # recall from a few masks per object, not from flooding the image with candidates
+    assert proposed <= PROPOSALS_PER_OBJECT[filter_at] * total
 
 
 def test_masks_follow_their_box_prompts_not_the_most_salient_object(segmenter, held_out):
