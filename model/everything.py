@@ -156,7 +156,6 @@ def _upsampled_masks(logits: torch.Tensor, size: tuple[int, int], threshold: flo
 
 
 def _filter_original(
-    segmenter: Segmenter,
     logits: torch.Tensor,
     iou: torch.Tensor,
     points: torch.Tensor,
@@ -208,7 +207,6 @@ def _filter_original(
 
 
 def _filter_low(
-    segmenter: Segmenter,
     logits: torch.Tensor,
     iou: torch.Tensor,
     points: torch.Tensor,
@@ -278,7 +276,7 @@ def segment_everything(segmenter: Segmenter, images: list[np.ndarray], params: E
                 params.mask_threshold,
             )
         select = _filter_original if params.filter_at == "original" else _filter_low
-        found = select(segmenter, logits, iou, points, (crop_h, crop_w), params)
+        found = select(logits, iou, points, (crop_h, crop_w), params)
         if len(jobs) > 1 and (crop_h, crop_w) != images[i].shape[:2]:
             near = _near_crop_edge(found.boxes, crop, images[i].shape[:2])
             found = found.take(~near)
