@@ -22,6 +22,7 @@ from prefect.context import get_run_context
 from flows.prelabel import gpu_slot
 from storage.agreement import strategy_of
 from storage.catalog import Catalog
+from storage.catalog.jobs import project_model
 from storage.labelstudio.importer import model_version_string
 from storage.settings import Settings
 from tasks import active_learning_ops as ops
@@ -115,7 +116,9 @@ def active_learning_flow(
         if dest and accepted:
             version = freeze_version(settings, catalog_url, project, dest, dataset, None, False)
             data_version_id = int(version["version_id"])
-        base_uri = ops.current_model_uri(catalog, row.id, params.model_id)
+        # last promoted model, else --model, else the model that pre-labelled the project, else MASKLOOP_MODEL_ID
+        fallback = model_id or project_model(catalog, project) or params.model_id
+        base_uri = ops.current_model_uri(catalog, row.id, fallback)
         base = ops.load_segmenter(settings, base_uri)
         base_id = ops.register_model(catalog, base, base_uri)
         start_id, start_uri, start_name = base_id, base_uri, str(base.model_version)

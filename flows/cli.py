@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from model.errors import ModelNotAvailableError
@@ -42,15 +42,15 @@ def cmd_stack(args: argparse.Namespace) -> int:
     from storage.stack.manager import Stack
 
     settings = _settings(args)
-    stack = Stack(settings.data_dir)
+    stack = Stack(settings.data_dir, prefect_port=args.prefect_port)
     if args.action == "up":
-        statuses = stack.up(label_studio=not args.no_label_studio)
+        statuses = stack.up(label_studio=not args.no_label_studio, prefect=not args.no_prefect, base=settings)
     elif args.action == "down":
         stopped = stack.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing (no service started by maskloop is running)"))
         return 0
     else:
-        statuses = stack.status()
+        statuses = stack.status(settings)
     for status in statuses:
         state = "running" if status.running else "stopped"
         print(f"{status.name:<14} {state:<8} {status.url} {status.detail}".rstrip())
@@ -60,6 +60,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     ls_creds = stack.label_studio().data_dir / "credentials.json"
     if ls_creds.exists():
         print(f"Label Studio   login and token in {ls_creds} (owner-only)")
+    if any(s.name == "prefect-server" and s.running for s in statuses):
+        print(f"Prefect        maskloop commands use {stack.prefect.api_url} unless PREFECT_API_URL is set")
     return 0
 
 
@@ -68,8 +70,25 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
     report = discover_flow(args.source, settings=_stack_settings(args))
     print(
-        f"listed {report.listed}, new {len(report.new_asset_ids)} ({report.new_revisions} new revisions), unchanged {report.unchanged}"
+        f"listed {report.listed} ({report.sniffed} by content), new {len(report.new_asset_ids)} "
+        f"({report.new_revisions} new revisions), unchanged {report.unchanged}, not media {report.not_media}"
     )
+    if report.not_media:
+        print(f"what was skipped: maskloop skipped {args.source}")
+    return 0
+
+
+def cmd_skipped(args: argparse.Namespace) -> int:
+    from storage.catalog import Catalog
+    from storage.catalog.assets import skipped_objects
+    from storage.s3 import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(args.source)
+    with Catalog(_settings(args).resolved_database_url) as catalog:
+        rows = skipped_objects(catalog, bucket, prefix)
+    for row in rows:
+        print(f"{row.uri}  {row.size} bytes  {row.reason}")
+    print(f"{len(rows)} objects under {args.source} skipped as not images or videos")
     return 0
 
 
@@ -82,27 +101,8 @@ def _param_value(text: str) -> object:
         return text
 
 
-class _ProgressBar(logging.Handler):
-    """Draws ``maskloop.progress`` records as a one-line bar on a terminal."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        done, total = getattr(record, "done", 0), max(1, getattr(record, "total", 1))
-        filled = int(30 * done / total)
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (30 - filled)}] batch {done}/{total} ({getattr(record, 'assets', '?')} assets)"
-        )
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def cmd_prelabel(args: argparse.Namespace) -> int:
     from flows.prelabel import prelabel_flow
-
-    if sys.stderr.isatty():
-        progress = logging.getLogger("maskloop.progress")
-        progress.addHandler(_ProgressBar())
-        progress.propagate = False
 
     strategy_params = {}
     for item in args.param or []:
@@ -123,12 +123,19 @@ def cmd_prelabel(args: argparse.Namespace) -> int:
         key_frame_interval=args.key_frame_interval,
         video_max_frames=args.video_max_frames,
         strategy_params=strategy_params,
+        retry_failed=args.retry_failed,
         settings=_stack_settings(args),
     )
     print(
-        f"run {result['run_id']}: {result['done']}/{result['assets']} assets pre-labelled, {result['failed']} failed, "
-        f"{result['instances']} instances, {result['assets_per_s']} assets/s ({result['model_version']})"
+        f"run {result['run_id']} (job {result['job_id']}): {result['done']}/{result['assets']} assets pre-labelled, "
+        f"{result['failed']} failed, {result['instances']} instances, {result['assets_per_s']} assets/s "
+        f"({result['model_version']})"
     )
+    if result["refreshed"] or result["kept"]:
+        print(
+            f"existing tasks: {result['refreshed']} got the new prediction, "
+            f"{result['kept']} already annotated were left alone"
+        )
     if result["failed"]:
         print(f"failures: maskloop runs show {result['run_id']}")
     return 0
@@ -168,7 +175,45 @@ def cmd_runs(args: argparse.Namespace) -> int:
         )
         print(f"  failures: {len(failures)}")
         for failure, asset in failures:
-            print(f"    {asset.uri} [{failure.stage}] {failure.reason}")
+            print(f"    {asset.uri} [{failure.stage}, {failure.kind}] {failure.reason}")
+        if any(f.kind == "permanent" for f, _ in failures):
+            print("  (transient failures are retried by the job's next run; permanent ones with --retry-failed)")
+    if args.report:
+        from storage.run_report import write_report
+
+        path = write_report(catalog, _settings(args).cache_dir, run.id, Path(args.report))
+        print(f"report: {path.resolve()}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from storage.catalog import Catalog, jobs
+
+    catalog = Catalog(_settings(args).resolved_database_url)
+    try:
+        found = jobs.summaries(catalog, args.job_id if args.action == "show" else None)
+        if args.action == "show" and not found:
+            print(f"no job {args.job_id}", file=sys.stderr)
+            return 1
+        if args.action == "list":
+            print(f"{'job':>5}  {'covered':>7} {'pending':>7} {'failed':>6}  project / model version")
+        for job in found:
+            failed = job.failed_transient + job.failed_permanent
+            if args.action == "list":
+                print(
+                    f"{job.id:>5}  {job.covered:>7} {job.pending:>7} {failed:>6}  {job.project} / {job.model_version}"
+                )
+                continue
+            print(f"job {job.id}: project {job.project!r}, model version {job.model_version}")
+            print(
+                f"  sources {', '.join(job.sources) or '-'}; {job.runs} runs; last run {job.updated_at:%Y-%m-%d %H:%M:%S}"
+            )
+            print(f"  covered {job.covered}, pending {job.pending}, failed {failed}", end="")
+            print(f" ({job.failed_transient} transient: retried next run; {job.failed_permanent} permanent)")
+            for uri, kind, stage, reason in jobs.failures(catalog, job.id):
+                print(f"    {uri} [{stage}, {kind}] {reason}")
+    finally:
+        catalog.dispose()
     return 0
 
 
@@ -385,21 +430,33 @@ def cmd_events(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskloop", description="S3 -> SAM 2 -> Label Studio -> versioned datasets")
     parser.add_argument("--data-dir", help="state directory (default: $MASKLOOP_DATA_DIR or ~/.maskloop)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: maskloop's and Prefect's INFO lines, -vv: DEBUG"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="catalog database")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="migrate the catalog to the latest schema").set_defaults(func=cmd_db_upgrade)
 
-    stack = sub.add_parser("stack", help="local S3 server + Label Studio on 127.0.0.1")
+    stack = sub.add_parser("stack", help="local S3 server, Label Studio and Prefect server + worker on 127.0.0.1")
     stack.add_argument("action", choices=["up", "down", "status"])
-    stack.add_argument("--no-label-studio", action="store_true", help="start only the S3 server")
+    stack.add_argument("--no-label-studio", action="store_true", help="do not start Label Studio")
+    stack.add_argument(
+        "--no-prefect", action="store_true", help="do not start the Prefect server, its worker and the S3 poller"
+    )
+    stack.add_argument(
+        "--prefect-port", type=int, help="Prefect server port (default: its last port, else 4200, else a free one)"
+    )
     stack.set_defaults(func=cmd_stack)
 
     disc = sub.add_parser("discover", help="record new objects under s3://bucket/prefix in the catalog")
     disc.add_argument("source")
     disc.set_defaults(func=cmd_discover)
+
+    skip = sub.add_parser("skipped", help="list the objects under s3://bucket/prefix skipped as not media")
+    skip.add_argument("source")
+    skip.set_defaults(func=cmd_skipped)
 
     pre = sub.add_parser("prelabel", help="pre-label new media under s3://bucket/prefix into Label Studio")
     pre.add_argument("source")
@@ -414,13 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--key-frame-interval", type=int, default=30)
     pre.add_argument("--video-max-frames", type=int)
     pre.add_argument("--param", action="append", help="strategy parameter NAME=VALUE (e.g. points_per_side=16)")
+    pre.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also retry what this job failed on for good (corrupt media, deleted objects); transient failures are always retried",
+    )
     pre.set_defaults(func=cmd_prelabel)
 
     runs = sub.add_parser("runs", help="list runs, or show one with its failures")
     runs.add_argument("action", choices=["list", "show"])
     runs.add_argument("run_id", type=int, nargs="?")
     runs.add_argument("--last", type=int, default=20)
+    runs.add_argument("--report", metavar="OUT.html", help="show: also write the run's HTML report (with pictures)")
     runs.set_defaults(func=cmd_runs)
+
+    job = sub.add_parser("jobs", help="pre-label jobs (project, model version, prompts): covered / pending / failed")
+    job.add_argument("action", choices=["list", "show"])
+    job.add_argument("job_id", type=int, nargs="?")
+    job.set_defaults(func=cmd_jobs)
 
     har = sub.add_parser("harvest", help="pull corrections from a Label Studio project into the catalog")
     har.add_argument("project", help="catalog project name, e.g. 'maskloop (images)'")
@@ -522,27 +590,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # That server would otherwise try to send Prefect telemetry: maskloop reaches nothing beyond loopback.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # nor Prefect's client telemetry (and its notice on the terminal)
     parser = build_parser()
     if "finetune" in argv:
         head = argv[: argv.index("finetune")]
         args = parser.parse_args([*head, "finetune"])
-        _configure_logging(args.verbose)
+        _configure_logging(args)
         return cmd_finetune(args, argv[argv.index("finetune") + 1 :])
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args)
+    from flows.deploy import NoPrefectServerError
+
     try:
-        return int(args.func(args))
+        with _stack_prefect_api(args):
+            return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except (PortInUseError, TimeoutError, FileNotFoundError, PermissionError, ModelNotAvailableError) as error:
+    except (
+        PortInUseError,
+        TimeoutError,
+        FileNotFoundError,
+        PermissionError,
+        ModelNotAvailableError,
+        NoPrefectServerError,
+    ) as error:
         print(f"maskloop {args.command}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # one line here; the traceback in the log file (and on the terminal with -vv)
+        if args.verbose >= 2:
+            raise
+        from flows.terminal import log_failure
+
+        where = log_failure(f"maskloop {args.command} failed")
+        print(f"maskloop {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"  the traceback is in {where} (or run with -vv)", file=sys.stderr)
+        return 1
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "httpx", "botocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+# Commands that talk to Prefect (flows, deployments, events); `demo` points itself at the stack it starts.
+_PREFECT_COMMANDS = frozenset({"discover", "prelabel", "harvest", "active-learning", "deploy", "events"})
+
+
+@contextlib.contextmanager
+def _stack_prefect_api(args: argparse.Namespace) -> Iterator[None]:
+    """Point a Prefect command at the local stack's Prefect server when it answers and no PREFECT_API_URL is set (in
+    the environment or the Prefect profile): no temporary server per command, runs visible in the stack's UI."""
+    if args.command not in _PREFECT_COMMANDS or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from storage.stack.prefect_server import stack_api_url
+
+    url = stack_api_url(_settings(args).data_dir)
+    if url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():  # set in the Prefect profile (or by a caller's settings context)
+        yield
+        return
+    os.environ["PREFECT_API_URL"] = url  # for the processes this command starts
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    from flows.terminal import configure_logging
+
+    models = args.command in {"prelabel", "active-learning", "demo", "finetune"}
+    configure_logging(args.verbose, _settings(args).data_dir / "logs", models=models)
 
 
 if __name__ == "__main__":

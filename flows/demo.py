@@ -1,7 +1,11 @@
 """``maskloop demo``: the whole job on the embedded defaults.
 
-Stack up (SeaweedFS S3 + Label Studio on loopback), upload generated sample media (seeded synthetic shapes: images
-and a clip; no third-party media), pre-label them into Label Studio and print where to correct them.
+Stack up (SeaweedFS S3, Label Studio, a Prefect server with a process worker and the S3 poller, all on loopback),
+upload generated sample media (seeded synthetic shapes: images and a clip; no third-party media), pre-label them into
+Label Studio, deploy the schedules and the upload trigger of ``deployments/prefect.yaml`` onto the stack's Prefect
+server for the demo bucket (:func:`demo_spec`) and print where to correct them and where the Prefect UI is. From then
+on an upload under ``s3://maskloop/samples/`` is pre-labelled with no other command (poller → event → trigger →
+worker), and the hourly fan-out and 15-minute discovery run on their schedules.
 The model is the configured SAM 2 checkpoint when it is on this machine; otherwise the offline demo model
 ``maskloop/shapes-tiny`` shipped in the repo, which segments the synthetic domain only.
 """
@@ -11,10 +15,18 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from storage.s3 import ensure_bucket, make_client
 from storage.settings import Settings
+from storage.stack.prefect_server import POLL_INTERVAL_S
+
+if TYPE_CHECKING:
+    from storage.stack.manager import Stack
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +82,68 @@ def choose_model(settings: Settings) -> tuple[str, str]:
     )
 
 
-def run_demo(settings: Settings, keep_running: bool = True) -> int:
-    from flows.prelabel import prelabel_flow
+def demo_spec(spec: dict[str, Any], model_id: str, strategy_params: dict[str, Any]) -> dict[str, Any]:
+    """``deployments/prefect.yaml`` for the demo: sources and the upload trigger on ``s3://maskloop/samples/``, the
+    demo's project, model and filters, exports into the demo bucket, and every deployment on ``maskloop-process``
+    (the stack's worker; the embedded default has no GPU pool worker)."""
+    source = f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}"
+    prelabel = {"project": "maskloop-demo", "model_id": model_id, "strategy_params": strategy_params, "batch_size": 8}
+    for item in spec["deployments"]:
+        params = item.setdefault("parameters", {})
+        if "source" in params:
+            params["source"] = source
+        if item["entrypoint"].startswith("flows/prelabel_fanout.py:"):
+            params.update(prelabel)
+        if "project" in params and not params["project"].startswith("maskloop-demo"):
+            params["project"] = params["project"].replace("maskloop", "maskloop-demo", 1)
+        if "dest" in params:
+            params["dest"] = f"s3://{DEMO_BUCKET}/datasets/"
+        for trigger in item.get("triggers") or []:
+            trigger["match"] = {"prefect.resource.id": f"{source}*"}
+        item["work_pool"] = {"name": "maskloop-process", "job_variables": {}}
+    return spec
+
+
+def deploy_demo(model_id: str, strategy_params: dict[str, Any], directory: Path) -> list[str]:
+    """Apply :func:`demo_spec` (written to ``directory/prefect.yaml``) on the configured Prefect server."""
+    from flows.deploy import DEPLOYMENTS_DIR, deploy
+
+    spec = demo_spec(yaml.safe_load((DEPLOYMENTS_DIR / "prefect.yaml").read_text()), model_id, strategy_params)
+    path = directory / "prefect.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return deploy(gpu_slots=1, prefect_file=path).deployed
+
+
+def _on_stack_prefect(stack: Stack) -> AbstractContextManager[Any]:
+    """Prefect settings pointing this process at the stack's Prefect server, when it runs."""
+    url = stack.prefect.running_api_url()
+    if url is None:
+        return nullcontext()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: url})
+
+
+def run_demo(
+    settings: Settings, keep_running: bool = True, stack: Stack | None = None, images: int = 12, clips: int = 1
+) -> int:
+    """The demo; ``keep_running=False`` runs it without Prefect server and schedules and stops the stack after."""
     from storage.stack.manager import Stack
 
-    stack = Stack(settings.data_dir)
-    print("starting the local stack (S3 + Label Studio; the first start migrates Label Studio, ~1 min) ...")
-    stack.up(label_studio=True)
-    settings = stack.settings(settings)
+    stack = stack or Stack(settings.data_dir)
+    what = "S3 + Label Studio + Prefect server and worker" if keep_running else "S3 + Label Studio"
+    print(f"starting the local stack ({what}; the first start migrates Label Studio, ~1 min) ...")
+    stack.up(label_studio=True, prefect=keep_running, base=settings)
+    with _on_stack_prefect(stack):
+        return _run_demo(stack, stack.settings(settings), keep_running, images, clips)
+
+
+def _run_demo(stack: Stack, settings: Settings, keep_running: bool, images: int, clips: int) -> int:
+    from flows.prelabel import prelabel_flow
+
     client = make_client(settings)
     ensure_bucket(client, DEMO_BUCKET)
-    media = sample_media()
+    media = sample_media(images, clips)
     for key, body in media.items():
         client.put_object(Bucket=DEMO_BUCKET, Key=key, Body=body)
     print(f"uploaded {len(media)} sample files to s3://{DEMO_BUCKET}/{DEMO_PREFIX} on {settings.s3_endpoint_url}")
@@ -103,9 +166,27 @@ def run_demo(settings: Settings, keep_running: bool = True) -> int:
     )
     print(f"Label Studio: {ls.url}  (projects 'maskloop-demo (images)' and 'maskloop-demo (videos)')")
     print(f"  login: {ls.credentials.username}  password: in {ls.data_dir / 'credentials.json'} (owner-only)")
+    sheet = demo_report(settings, int(result["run_id"]))
+    print(f"overlay sheet: {sheet}  (the masks and tracks of this run drawn on its media; open it in a browser)")
     print(f"catalog: {settings.resolved_database_url}; `maskloop runs show {result['run_id']}` for details")
     if keep_running:
+        with tempfile.TemporaryDirectory() as tmp:
+            deployed = deploy_demo(model_id, params, Path(tmp))
+        print(f"Prefect UI: {stack.prefect.url}  ({len(deployed)} deployments on the stack's server and worker)")
+        print(
+            f"  new uploads under s3://{DEMO_BUCKET}/{DEMO_PREFIX} are pre-labelled by the prelabel-on-upload trigger "
+            f"(the stack polls the bucket every {POLL_INTERVAL_S:.0f} s), discovery runs every 15 min, the fan-out hourly"
+        )
         print("the stack keeps running; `maskloop stack down` stops it")
     else:
         stack.down()
     return 0 if result["failed"] == 0 else 1
+
+
+def demo_report(settings: Settings, run_id: int) -> Path:
+    """The run's HTML report (overlay sheet) under the data dir."""
+    from storage.catalog import Catalog
+    from storage.run_report import write_report
+
+    with Catalog(settings.resolved_database_url) as catalog:
+        return write_report(catalog, settings.cache_dir, run_id, settings.data_dir / "reports" / f"run-{run_id}.html")

@@ -138,14 +138,35 @@ def apply_deployments(prefect_file: Path, repo_dir: Path) -> list[str]:
     return applied
 
 
+class NoPrefectServerError(RuntimeError):
+    """No Prefect server to deploy into: without one, Prefect would start a temporary server that ends with the
+    command, taking the pools, schedules and triggers with it."""
+
+
+def require_prefect_server() -> str:
+    """The configured Prefect API URL; NoPrefectServerError (one line) when there is none."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise NoPrefectServerError(
+            "no Prefect server: PREFECT_API_URL is not set and the local stack's Prefect server is not running; "
+            "start one with `maskloop stack up` (or set PREFECT_API_URL) — a temporary server would lose the "
+            "deployments when the command ends"
+        )
+    return str(url)
+
+
 def deploy(
     gpu_slots: int = 1,
     prefect_file: Path = DEPLOYMENTS_DIR / "prefect.yaml",
     deployments: bool = True,
 ) -> DeployReport:
-    """Create the ``gpu`` limit and the pools on the configured Prefect API, then apply the deployments."""
+    """Create the ``gpu`` limit and the pools on the configured Prefect API, then apply the deployments. Refuses
+    (NoPrefectServerError) when no Prefect API is configured."""
     from prefect.client.orchestration import get_client
 
+    require_prefect_server()
     report = DeployReport(gpu_limit=gpu_slots)
     with get_client(sync_client=True) as client:
         ensure_gpu_limit(client, gpu_slots)

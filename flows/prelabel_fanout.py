@@ -9,7 +9,7 @@ lease is held by a live worker is skipped.
 
 Takeover: a worker that dies (machine lost, process killed) stops renewing; once its lease expires the unit is free
 again, and the next fan-out of the same source (or of a prefix above it) dispatches it anew. The new flow run claims
-it (``attempts`` + 1), skips the assets the dead worker already finished (they are no longer ``new``) and imports
+it (``attempts`` + 1), skips the assets the dead worker already finished (the job covered them) and imports
 nothing twice (Label Studio imports are decided by the catalog). Recovery takes at most the lease TTL plus the
 fan-out's schedule interval. A unit that already has a dispatched run waiting to start is not dispatched again.
 
@@ -27,18 +27,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.task_runners import ThreadPoolTaskRunner
-from sqlalchemy import select
 
 from flows.prelabel import run_batches
 from storage import leases
-from storage.catalog import Asset, Catalog
-from storage.catalog.assets import pending_asset_ids
-from storage.labelstudio.importer import model_version_string
-from storage.s3 import parse_s3_uri
+from storage.catalog import Catalog
 from storage.settings import Settings
 from tasks import prelabel_ops as ops
 from tasks.discovery import discover_assets
-from tasks.models import Models
+from tasks.models import Models, model_identity
 
 # Parameters both flows pass through unchanged to the pipeline (JSON-serialisable, so run_deployment can send them).
 PIPELINE_DEFAULTS: dict[str, Any] = {
@@ -52,6 +48,7 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "key_frame_interval": 30,
     "video_max_frames": None,
     "strategy_params": None,
+    "retry_failed": False,
     "lease_ttl_s": 300.0,
     "heartbeat_s": 60.0,
     "gpu_limit": None,
@@ -84,6 +81,7 @@ def _params(source: str, options: dict[str, Any], settings: Settings) -> ops.Pre
         key_frame_interval=options["key_frame_interval"],
         video_max_frames=options["video_max_frames"],
         strategy_params=dict(options["strategy_params"] or {}),
+        retry_failed=bool(options["retry_failed"]),
     )
 
 
@@ -101,6 +99,7 @@ def prelabel_unit_flow(
     key_frame_interval: int = 30,
     video_max_frames: int | None = None,
     strategy_params: dict[str, Any] | None = None,
+    retry_failed: bool = False,
     lease_ttl_s: float = 300.0,
     heartbeat_s: float = 60.0,
     gpu_limit: str | None = None,
@@ -141,23 +140,25 @@ def _work_on(
         _flow_run_id(),
     )
     started = time.perf_counter()
-    counts: dict[str, float] = {"assets": 0, "done": 0, "failed": 0, "instances": 0, "skipped": 0, "model_seconds": 0.0}
+    counts: dict[str, float] = {**ops.EMPTY_COUNTS}
     status, lineage = "failed", (None, None)
     try:
         with leases.Heartbeat(catalog, lease, config) as beat:
             models = Models.load(settings, params.model_id, params.strategy)
             model_id, sha = str(models.segmenter.model_id), str(models.segmenter.checkpoint_sha256)
             lineage = (model_id, sha)  # type: ignore[assignment]
-            model_version = model_version_string(model_id, sha, params.strategy)
-            with catalog.session() as session:
-                todo = list(
-                    session.scalars(
-                        select(Asset.id).where(Asset.id.in_(lease.asset_ids), Asset.status == "new").order_by(Asset.id)
-                    )
+            job = ops.open_job(catalog, run_id, params, model_id, sha)
+            if job.id != lease.job_id:
+                raise RuntimeError(
+                    f"work unit {lease.unit_id} belongs to pre-label job {lease.job_id}, but this run's project, model "
+                    f"and prompts make job {job.id} ({job.model_version}): run it with the fan-out's parameters"
                 )
+            todo = ops.pending_of(
+                catalog, job.id, params.source, retry_failed=params.retry_failed, among=lease.asset_ids
+            )
             counts["assets"] = len(todo)
             batches = ops.batches_of(catalog, todo, params.batch_size)
-            run_batches(settings, catalog.url, run_id, batches, params, model_version, counts, gpu_limit)
+            run_batches(settings, catalog.url, run_id, batches, params, job.model_version, counts, gpu_limit)
         if beat.lost.is_set():
             raise RuntimeError(f"lost the lease on work unit {lease.unit_id} while working; another worker has it")
         if not leases.finish(catalog, beat.lease):
@@ -168,7 +169,7 @@ def _work_on(
         raise
     finally:
         elapsed = time.perf_counter() - started
-        timings = {"seconds": round(elapsed, 3), "model_seconds": round(counts.pop("model_seconds"), 3)}
+        timings = ops.stage_timings(counts, elapsed)
         ops.finish_run(catalog, run_id, status, counts, timings, *lineage)
     logger.info("work unit %d (attempt %d): %s", lease.unit_id, lease.attempt, counts)
     return {"unit_id": lease.unit_id, "claimed": True, "run_id": run_id, "attempt": lease.attempt, **counts}
@@ -190,6 +191,7 @@ def prelabel_fanout_flow(
     key_frame_interval: int = 30,
     video_max_frames: int | None = None,
     strategy_params: dict[str, Any] | None = None,
+    retry_failed: bool = False,
     lease_ttl_s: float = 300.0,
     heartbeat_s: float = 60.0,
     gpu_limit: str | None = None,
@@ -203,19 +205,19 @@ def prelabel_fanout_flow(
     settings = settings or Settings()
     logger = get_run_logger()
     options = {k: v for k, v in locals().items() if k in PIPELINE_DEFAULTS}
-    _params(source, options, settings)  # validate before any work
+    params = _params(source, options, settings)  # validate before any work
     leases.LeaseConfig(ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
     catalog = Catalog(settings.resolved_database_url)
     try:
+        # the job (project, model version, prompts) from the weight files: the dispatcher need not load the model
+        job = ops.open_job(catalog, None, params, *model_identity(params.model_id))
         discover_assets(settings, source)
-        bucket, prefix = parse_s3_uri(source)
-        with catalog.session() as session:
-            pending = pending_asset_ids(session, bucket, prefix, limit)
-        new_units = leases.shard_pending(catalog, source, pending, unit_size)
-        units = leases.free_unit_ids(catalog, source)
+        pending = ops.pending_of(catalog, job.id, source, limit, retry_failed=params.retry_failed)
+        new_units = leases.shard_pending(catalog, source, pending, unit_size, job_id=job.id)
+        units = leases.free_unit_ids(catalog, source, job_id=job.id)
     finally:
         catalog.dispose()
-    logger.info("%s: %d new units, %d free units to run", source, len(new_units), len(units))
+    logger.info("%s, job %d: %d new units, %d free units to run", source, job.id, len(new_units), len(units))
     if deployment_name:
         from prefect.deployments import run_deployment
 
@@ -234,13 +236,14 @@ def prelabel_fanout_flow(
             for unit in units
         ]
         return {
+            "job_id": job.id,
             "units": units,
             "new_units": new_units,
             "already_queued": sorted(queued),
             "flow_runs": [str(r.id) for r in runs],  # type: ignore[union-attr]
         }
     results = [prelabel_unit_flow(unit, source, settings=settings, **options) for unit in units]
-    return {"units": units, "new_units": new_units, "results": results}
+    return {"job_id": job.id, "units": units, "new_units": new_units, "results": results}
 
 
 def _queued_units(deployment_name: str, page: int = 200) -> set[int]:

@@ -90,6 +90,34 @@ def _not_available(model_id: str, cache_dir: Path, reason: str) -> ModelNotAvail
     )
 
 
+def checkpoint_identity(
+    model_id_or_path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, str]:
+    """``(model_id, checkpoint sha256)`` as :func:`load_pretrained` would record them, without building the model:
+    hashes the local weights only (a hub id must be in the local cache). For a dispatcher that keys work by model
+    version but does not run the model itself."""
+    source = str(model_id_or_path)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.name, sha256_of_files(_weight_files(path))
+    if path.suffix in {".pt", ".pth"}:
+        if not path.is_file():
+            raise ModelNotAvailableError(f"checkpoint file {path} does not exist")
+        return path.stem, sha256_of_files([path])
+    if path.exists() or source.count("/") != 1 or source.startswith((".", "/")):
+        raise ModelNotAvailableError(
+            f"{source!r} is neither a transformers-format directory, a .pt/.pth checkpoint, nor a hub id 'org/name'"
+        )
+    from huggingface_hub import constants, snapshot_download
+
+    cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    try:
+        snapshot = Path(snapshot_download(source, cache_dir=cache, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError
+        raise _not_available(source, cache, "it is needed here to name the job's model version") from exc
+    return source, sha256_of_files(_weight_files(snapshot))
+
+
 def load_pretrained(
     model_class: type[PreTrainedModel],
     model_id_or_path: str | os.PathLike[str],

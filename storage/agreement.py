@@ -151,9 +151,9 @@ def match_instances(
 
 
 def strategy_of(model_version: str) -> str:
-    """The prompt strategy of a ``<model>@<sha8>/<strategy>`` model version ("" when it has none)."""
+    """The prompt strategy of a ``<model>@<sha8>/<strategy>[+<prompt hash>]`` model version ("" when it has none)."""
     head, sep, tail = model_version.rpartition("/")
-    return tail if sep and "@" in head else ""
+    return tail.partition("+")[0] if sep and "@" in head else ""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Work-unit leases in the catalog: shard pending assets into units, claim a unit with a lease, renew it while
-working (heartbeat), finish it. Two workers never hold the same unit (and an asset is in exactly one unit); a dead
-worker's lease expires and another worker takes the unit over.
+working (heartbeat), finish it. Two workers never hold the same unit (and within a pre-label job an asset is in
+exactly one unit); a dead worker's lease expires and another worker takes the unit over.
 
 Claiming is row-level ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL (claimers skip rows another transaction
 holds instead of queueing behind it) and an atomic conditional ``UPDATE … WHERE <lease free>`` checked by rowcount on
@@ -83,47 +83,56 @@ class Lease:
     expires_at: datetime
     asset_ids: tuple[int, ...]
     attempt: int
+    job_id: int = 0
 
 
-def shard_pending(catalog: Catalog, source: str, asset_ids: Sequence[int], unit_size: int) -> list[int]:
-    """Put those of ``asset_ids`` that are in no unit yet into new pending units; returns the new unit ids.
+def shard_pending(
+    catalog: Catalog, source: str, asset_ids: Sequence[int], unit_size: int, *, job_id: int = 0
+) -> list[int]:
+    """Put those of ``asset_ids`` that are in no unit of pre-label job ``job_id`` yet into new pending units of that
+    job; returns the new unit ids.
 
-    Concurrent sharders are safe: an asset is in at most one unit (unique constraint); a sharder that loses the race
-    rolls back and retries with what is left.
+    Concurrent sharders are safe: within a job an asset is in at most one unit (unique constraint); a sharder that
+    loses the race rolls back and retries with what is left.
     """
     for _attempt in range(5):
         try:
             with catalog.session() as session:
-                return _shard_once(session, source, asset_ids, unit_size)
+                return _shard_once(session, source, asset_ids, unit_size, job_id)
         except IntegrityError:
             log.info("another worker sharded some of these assets at the same time; retrying")
     raise RuntimeError(f"could not shard {len(asset_ids)} assets of {source} after 5 attempts (constant contention)")
 
 
-def _shard_once(session: Session, source: str, asset_ids: Sequence[int], unit_size: int) -> list[int]:
-    taken = set(session.scalars(select(WorkUnitAsset.asset_id).where(WorkUnitAsset.asset_id.in_(asset_ids))))
+def _shard_once(session: Session, source: str, asset_ids: Sequence[int], unit_size: int, job_id: int) -> list[int]:
+    taken = set(
+        session.scalars(
+            select(WorkUnitAsset.asset_id).where(WorkUnitAsset.job_id == job_id, WorkUnitAsset.asset_id.in_(asset_ids))
+        )
+    )
     kinds = dict(session.execute(select(Asset.id, Asset.media_type).where(Asset.id.in_(asset_ids))).tuples().all())
     free = [a for a in asset_ids if a not in taken and a in kinds]
     unit_ids: list[int] = []
     for members in shard(free, [kinds[a] for a in free], unit_size):
-        unit = WorkUnit(source=source, status="pending", attempts=0)
+        unit = WorkUnit(source=source, job_id=job_id, status="pending", attempts=0)
         session.add(unit)
         session.flush()
-        session.add_all(WorkUnitAsset(unit_id=unit.id, asset_id=a) for a in members)
+        session.add_all(WorkUnitAsset(unit_id=unit.id, job_id=job_id, asset_id=a) for a in members)
         unit_ids.append(unit.id)
     session.flush()
     return unit_ids
 
 
-def free_unit_ids(catalog: Catalog, source: str, now: datetime | None = None) -> list[int]:
-    """Pending units at or under ``source`` that nobody holds right now (new ones, released ones, dead workers' ones).
+def free_unit_ids(catalog: Catalog, source: str, now: datetime | None = None, *, job_id: int = 0) -> list[int]:
+    """Pending units of job ``job_id`` at or under ``source`` that nobody holds right now (new ones, released ones,
+    dead workers' ones).
 
     "Under": a unit whose source starts with ``source``, e.g. the one-object unit ``s3://b/in/x.png`` of an
     on-upload run is free for the fan-out of ``s3://b/in/`` to re-dispatch once its holder's lease expired.
     """
     stmt = (
         select(WorkUnit.id)
-        .where(_free(now or utcnow()), WorkUnit.source.startswith(source, autoescape=True))
+        .where(_free(now or utcnow()), WorkUnit.job_id == job_id, WorkUnit.source.startswith(source, autoescape=True))
         .order_by(WorkUnit.id)
     )
     with catalog.session() as session:
@@ -154,14 +163,14 @@ def claim(
             got = _claim_conditional(session, owner, expires, now, unit_id, source)
         if got is None:
             return None
-        attempt = int(session.scalar(select(WorkUnit.attempts).where(WorkUnit.id == got)) or 0)
+        attempt, job_id = session.execute(select(WorkUnit.attempts, WorkUnit.job_id).where(WorkUnit.id == got)).one()
         assets = tuple(
             session.scalars(
                 select(WorkUnitAsset.asset_id).where(WorkUnitAsset.unit_id == got).order_by(WorkUnitAsset.asset_id)
             )
         )
     log.info("%s claimed work unit %d (%d assets, attempt %d)", owner, got, len(assets), attempt)
-    return Lease(got, owner, expires, assets, attempt)
+    return Lease(got, owner, expires, assets, int(attempt or 0), int(job_id or 0))
 
 
 def _candidates(now: datetime, unit_id: int | None, source: str | None):  # noqa: ANN202 - a Select
@@ -216,7 +225,7 @@ def renew(catalog: Catalog, lease: Lease, ttl_s: float, now: datetime | None = N
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return None
-    return Lease(lease.unit_id, lease.owner, expires, lease.asset_ids, lease.attempt)
+    return Lease(lease.unit_id, lease.owner, expires, lease.asset_ids, lease.attempt, lease.job_id)
 
 
 def finish(catalog: Catalog, lease: Lease, status: str = "done") -> bool:

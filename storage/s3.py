@@ -130,16 +130,28 @@ def media_type_of(key: str) -> MediaType | None:
 
 
 def list_objects(
-    client: Any, bucket: str, prefix: str = "", media: Iterable[MediaType] = ("image", "video")
+    client: Any,
+    bucket: str,
+    prefix: str = "",
+    media: Iterable[MediaType] = ("image", "video"),
+    *,
+    sniff: Callable[[str, str, int], MediaType | None] | None = None,
 ) -> Iterator[S3Object]:
-    """All media objects under ``prefix`` (every page of ListObjectsV2), skipping folders and other file types."""
+    """All media objects under ``prefix`` (every page of ListObjectsV2), skipping folders and other file types.
+
+    A key without a media extension is skipped, or, with ``sniff``, kept when ``sniff(key, etag, size)`` finds
+    media in its content (see :func:`head_bytes` and :mod:`storage.sniff`)."""
     wanted = set(media)
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
         for item in page.get("Contents", []):
             key = item["Key"]
+            if key.endswith("/"):
+                continue
             kind = media_type_of(key)
-            if kind is None or kind not in wanted or key.endswith("/"):
+            if kind is None and sniff is not None:
+                kind = sniff(key, str(item.get("ETag", "")).strip('"'), int(item["Size"]))
+            if kind is None or kind not in wanted:
                 continue
             yield S3Object(
                 bucket=bucket,
@@ -149,6 +161,16 @@ def list_objects(
                 last_modified=item.get("LastModified"),
                 media_type=kind,
             )
+
+
+def head_bytes(client: Any, bucket: str, key: str, count: int) -> bytes:
+    """The first ``count`` bytes of an object (one ranged GET, retried like downloads)."""
+
+    def get() -> bytes:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{count - 1}")["Body"]
+        return bytes(body.read(count))
+
+    return bytes(with_retries(get, f"read the start of s3://{bucket}/{key}"))
 
 
 def cache_path(cache_dir: Path, bucket: str, key: str, etag: str) -> Path:
@@ -223,6 +245,12 @@ class DownloadResult:
     obj: S3Object
     path: Path | None
     error: str | None
+    transient: bool = False  # the error may pass (server, network); a missing or forbidden object will not
+
+
+PERMANENT_S3_CODES = frozenset(
+    {"NoSuchKey", "NoSuchBucket", "AccessDenied", "403", "404", "412", "PreconditionFailed", "InvalidObjectState"}
+)
 
 
 def download_many(
@@ -234,10 +262,10 @@ def download_many(
         try:
             return DownloadResult(obj, download(client, obj, cache_dir), None)
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "?")
-            return DownloadResult(obj, None, f"S3 error {code} downloading {obj.uri}")
+            code = str(error.response.get("Error", {}).get("Code", "?"))
+            return DownloadResult(obj, None, f"S3 error {code} downloading {obj.uri}", code not in PERMANENT_S3_CODES)
         except Exception as error:  # noqa: BLE001 - recorded per object so the batch goes on
-            return DownloadResult(obj, None, f"{type(error).__name__} downloading {obj.uri}: {error}")
+            return DownloadResult(obj, None, f"{type(error).__name__} downloading {obj.uri}: {error}", True)
 
     if not objects:
         return []

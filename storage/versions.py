@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from model.overlay import PALETTE as _PALETTE  # the preview draws in the run reports' colours
 from storage.agreement import summarize
 from storage.catalog import (
     AgreementRow,
@@ -494,18 +495,6 @@ def export_version(
 
 
 # -- preview -----------------------------------------------------------------------------------------------------
-_PALETTE = [
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-]
-
-
 def _bar_chart(
     per_class: Mapping[str, int], colors: Mapping[str, tuple[int, int, int]], width: int, row_h: int = 22
 ) -> Any:

@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from storage.catalog import Catalog
-from storage.catalog.assets import DiscoveryReport, discover
+from storage.catalog.assets import DiscoveryReport, content_sniffer, discover
 from storage.s3 import list_objects, make_client, parse_s3_uri
 from storage.settings import Settings
 
@@ -15,14 +15,18 @@ from storage.settings import Settings
 def discover_assets(settings: Settings, source: str) -> DiscoveryReport:
     """List ``source`` (``s3://bucket/prefix``) and insert new asset revisions; returns the report (ids only)."""
     bucket, prefix = parse_s3_uri(source)
+    client, report = make_client(settings), DiscoveryReport()
     with Catalog(settings.resolved_database_url) as catalog:
-        report = discover(catalog, list_objects(make_client(settings), bucket, prefix))
+        sniff = content_sniffer(catalog, client, bucket, report)
+        discover(catalog, list_objects(client, bucket, prefix, sniff=sniff), report=report)
     get_run_logger().info(
-        "%s: listed %d media objects, %d new (%d new revisions), %d unchanged",
+        "%s: listed %d media objects (%d by content), %d new (%d new revisions), %d unchanged; %d not media",
         source,
         report.listed,
+        report.sniffed,
         len(report.new_asset_ids),
         report.new_revisions,
         report.unchanged,
+        report.not_media,
     )
     return report

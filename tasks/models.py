@@ -17,6 +17,13 @@ def resolve_model_id(model_id: str) -> str:
     return str(shipped) if shipped is not None else model_id
 
 
+def model_identity(model_id: str) -> tuple[str, str]:
+    """``(model id, checkpoint sha256)`` that loading ``model_id`` would record, from the weight files alone."""
+    from model.loading import checkpoint_identity
+
+    return checkpoint_identity(resolve_model_id(model_id))
+
+
 def device_of(settings: Settings) -> str | None:
     return None if settings.device == "auto" else settings.device
 

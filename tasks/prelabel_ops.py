@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select
 
 from model.errors import BadMediaError
-from storage.catalog import Asset, Catalog, Prediction, Run, RunFailure
+from storage.catalog import Asset, Catalog, Prediction, Run, RunFailure, jobs
 from storage.catalog.models import utcnow
-from storage.s3 import S3Object, cache_path, download_many, make_client, presigned_get_url
+from storage.s3 import S3Object, cache_path, download_many, make_client, parse_s3_uri, presigned_get_url
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class PrelabelParams:
     key_frame_interval: int = 30
     video_max_frames: int | None = None
     strategy_params: dict[str, Any] = field(default_factory=dict)
+    retry_failed: bool = False  # also retry the assets this job failed on for good (corrupt media, deleted objects)
 
     def __post_init__(self) -> None:
         if self.strategy not in ("everything", "text", "prior"):
@@ -62,13 +63,53 @@ class PrelabelParams:
     def labels(self) -> list[str]:
         return list(self.classes) if self.classes else ["object"]
 
+    @property
+    def prompts(self) -> dict[str, Any]:
+        """The prompt settings that differ from the defaults: with the project and the model version, what makes a
+        pre-label job (:mod:`storage.catalog.jobs`); empty for the strategy's defaults."""
+        prompts: dict[str, Any] = {}
+        if self.classes:
+            prompts["classes"] = list(self.classes)
+        if self.strategy_params:
+            prompts["params"] = dict(self.strategy_params)
+        video = {
+            name: getattr(self, name) for name, default in _VIDEO_DEFAULTS.items() if getattr(self, name) != default
+        }
+        if video:
+            prompts["video"] = video
+        return prompts
+
+
+# What a pre-label run counts (``refreshed``/``kept``: existing tasks given the job's prediction / left to the person
+# who annotated them); the ``*_seconds`` (time spent in each stage's bodies) become timings when the run ends.
+STAGE_SECONDS = ("fetch_seconds", "model_seconds", "import_seconds")
+EMPTY_COUNTS: dict[str, float] = dict.fromkeys(
+    ("assets", "done", "failed", "instances", "skipped", "refreshed", "kept", *STAGE_SECONDS), 0
+)
+
+
+def stage_timings(counts: dict[str, float], elapsed: float) -> dict[str, float]:
+    """Move the stage seconds out of ``counts`` into the run's timings (with the wall time and images/s)."""
+    timings = {name: round(float(counts.pop(name, 0.0)), 3) for name in STAGE_SECONDS}
+    timings["seconds"] = round(elapsed, 3)
+    timings["assets_per_s"] = round(counts.get("done", 0) / elapsed, 3) if elapsed else 0.0
+    return timings
+
+
+_VIDEO_DEFAULTS = {
+    f.name: f.default for f in fields(PrelabelParams) if f.name.startswith("video_") or f.name == "key_frame_interval"
+}
+
 
 @dataclass
 class StageReport:
     ok: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    transient: set[int] = field(default_factory=set)  # of ``failed``, those a later run may get through (I/O, memory)
     skipped: list[int] = field(default_factory=list)
     instances: int = 0
+    refreshed: int = 0  # import: existing tasks that got this model version's prediction
+    kept: int = 0  # import: existing tasks a person already annotated, left alone
     seconds: float = 0.0
 
 
@@ -99,10 +140,50 @@ def finish_run(
             run.model_id, run.checkpoint_sha256 = model_id, checkpoint_sha256
 
 
-def record_failures(catalog: Catalog, run_id: int, stage: str, failures: dict[int, str]) -> None:
-    """Mark assets failed with their reason (the run and its batch go on without them)."""
+def open_job(
+    catalog: Catalog, run_id: int | None, params: PrelabelParams, model_id: str, checkpoint_sha256: str
+) -> JobRef:
+    """The pre-label job of ``params`` with this model (created when new), with ``run_id`` (if any) attached."""
+    from storage.labelstudio.importer import model_version_string
+
+    prompts = params.prompts
+    version = model_version_string(model_id, checkpoint_sha256, params.strategy, jobs.prompt_hash(prompts))
+    spec = jobs.JobSpec(params.project, version, model_id, checkpoint_sha256, params.strategy, prompts, params.model_id)
+    job_id = jobs.open_job(catalog, spec, params.source)
+    if run_id is not None:
+        jobs.attach_run(catalog, run_id, job_id)
+    return JobRef(job_id, version)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    id: int
+    model_version: str
+
+
+def pending_of(
+    catalog: Catalog,
+    job_id: int,
+    source: str,
+    limit: int | None = None,
+    *,
+    retry_failed: bool = False,
+    among: Sequence[int] | None = None,
+) -> list[int]:
+    """The asset revisions under ``source`` (of ``among``, if given) that job ``job_id`` still has to pre-label."""
+    bucket, prefix = parse_s3_uri(source)
+    with catalog.session() as session:
+        return jobs.pending_asset_ids(session, job_id, bucket, prefix, limit, retry_failed=retry_failed, among=among)
+
+
+def record_failures(
+    catalog: Catalog, run_id: int, stage: str, failures: dict[int, str], transient: Collection[int] = ()
+) -> None:
+    """Mark assets failed with their reason, for the run and for its job (``transient`` ones are retried by the
+    job's next run; the others only with ``retry_failed``); the run and its batch go on without them."""
     if not failures:
         return
+    kinds: dict[int, jobs.FailureKind] = {a: "transient" if a in transient else "permanent" for a in failures}
     with catalog.session() as session:
         existing = set(
             session.scalars(
@@ -114,8 +195,13 @@ def record_failures(catalog: Catalog, run_id: int, stage: str, failures: dict[in
             if asset is not None:
                 asset.status, asset.failure_reason = "failed", reason
             if asset_id not in existing:
-                session.add(RunFailure(run_id=run_id, asset_id=asset_id, stage=stage, reason=reason))
-            log.warning("asset %s failed at %s: %s", asset_id, stage, reason)
+                session.add(
+                    RunFailure(run_id=run_id, asset_id=asset_id, stage=stage, reason=reason, kind=kinds[asset_id])
+                )
+            log.warning("asset %s failed at %s (%s): %s", asset_id, stage, kinds[asset_id], reason)
+        job_id = jobs.job_of_run(session, run_id)
+        if job_id is not None:
+            jobs.mark_failed(session, job_id, run_id, stage, {a: (kinds[a], r) for a, r in failures.items()})
 
 
 def batches_of(catalog: Catalog, asset_ids: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -197,19 +283,26 @@ def fetch(settings: Settings, catalog: Catalog, run_id: int, asset_ids: Sequence
     for asset, result in zip(assets, results, strict=True):
         if result.path is None:
             report.failed[asset.id] = result.error or "download failed"
+            if result.transient:
+                report.transient.add(asset.id)
             continue
         try:
             facts[asset.id] = _probe(result.path, asset)
             report.ok.append(asset.id)
         except BadMediaError as error:
-            report.failed[asset.id] = str(error)
+            report.failed[asset.id] = media_failure(asset, error, result.path)
     with catalog.session() as session:
         for asset_id, values in facts.items():
             row = session.get(Asset, asset_id)
             for name, value in values.items():
                 setattr(row, name, value)
-    record_failures(catalog, run_id, "fetch", report.failed)
+    record_failures(catalog, run_id, "fetch", report.failed, report.transient)
     return report
+
+
+def media_failure(asset: Asset, error: BadMediaError, path: Path) -> str:
+    """``<S3 URI>: <reason>``: bad media named as the user uploaded it, never by the cache file it was read from."""
+    return f"{asset.uri}: {error.reason.replace(str(path), 'the downloaded file')}"
 
 
 def _probe(path: Path, asset: Asset) -> dict[str, Any]:
@@ -277,15 +370,20 @@ def segment(
     for asset in assets:
         try:
             if asset.media_type == "video":
-                rows.append(_segment_video(settings, asset, params, model_version, models))
+                rows.append(_segment_video(settings, asset, params, model_version, models, run_id))
                 report.ok.append(asset.id)
             else:
                 images.append((asset, decode_image(local_path(settings, asset).read_bytes(), asset.uri)))
-        except (BadMediaError, FileNotFoundError) as error:
-            report.failed[asset.id] = str(error)
+        except BadMediaError as error:
+            report.failed[asset.id] = media_failure(asset, error, local_path(settings, asset))
+        except FileNotFoundError as error:  # the download cache lost it: the next run fetches it again
+            report.failed[asset.id] = f"{asset.uri}: not in the download cache ({error})"
+            report.transient.add(asset.id)
         except Exception as error:  # noqa: BLE001 - one video must not sink the batch; the reason is recorded
             log.exception("tracking %s failed", asset.uri)
             report.failed[asset.id] = f"{asset.uri}: tracking failed ({type(error).__name__}: {error})"
+            if is_out_of_memory(error):
+                report.transient.add(asset.id)
     if images:
         results = auto_segment(
             models.segmenter,
@@ -315,12 +413,17 @@ def segment(
             row = session.get(Asset, asset.id)
             if row is not None and (row.height, row.width) != image.shape[:2]:
                 row.height, row.width = image.shape[:2]
-    record_failures(catalog, run_id, "segment", report.failed)
+    record_failures(catalog, run_id, "segment", report.failed, report.transient)
     return report
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Host or accelerator memory ran out (``torch.OutOfMemoryError`` is a RuntimeError): worth another try."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error)
+
+
 def _segment_video(
-    settings: Settings, asset: Asset, params: PrelabelParams, model_version: str, models: Any
+    settings: Settings, asset: Asset, params: PrelabelParams, model_version: str, models: Any, run_id: int
 ) -> Prediction:
     from model.tracker import make_proposer, track_video
     from model.tracks import tracks_to_json
@@ -347,6 +450,7 @@ def _segment_video(
     scores = [f.score for t in video.tracks for f in t.frames]
     return Prediction(
         asset_id=asset.id,
+        run_id=run_id,
         model_version=model_version,
         instances=[tracks_to_json(video)],
         num_instances=len(video.tracks),
@@ -394,10 +498,15 @@ def import_to_label_studio(
             if not items:
                 continue
             project = ensure_project(client, catalog, f"{params.project} ({kind}s)", kind, params.labels)
-            outcome = import_predictions(client, catalog, project, items)
+            outcome = import_predictions(client, catalog, project, items, keep_touched=True)
             report.instances += outcome.created
+            report.refreshed += outcome.refreshed
+            report.kept += outcome.kept
     report.ok = [asset.id for asset, _ in pairs]
     with catalog.session() as session:
         for asset in session.scalars(select(Asset).where(Asset.id.in_(report.ok))):
             asset.status, asset.failure_reason = "done", None
+        job_id = jobs.job_of_run(session, run_id)
+        if job_id is not None:
+            jobs.mark_done(session, job_id, run_id, report.ok)
     return report

@@ -67,6 +67,26 @@ class Asset(Base):
         return f"s3://{self.bucket}/{self.key}"
 
 
+class SkippedObject(Base):
+    """A listed object that is not an image or video by its content (no media extension, and its first bytes are
+    no known signature): counted and listable, and not read again while its ETag stays the same."""
+
+    __tablename__ = "skipped_objects"
+    __table_args__ = (UniqueConstraint("bucket", "key", "etag", name="uq_skipped_objects"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(1024))
+    etag: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
 class Run(Base):
     """One flow run: what it was asked, which model did it, how it went."""
 
@@ -81,6 +101,7 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed | failed | crashed
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("prelabel_jobs.id", ondelete="SET NULL"), index=True)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
@@ -96,7 +117,50 @@ class RunFailure(Base):
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
     stage: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default="permanent")  # transient (retried) | permanent
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PrelabelJob(Base):
+    """One pre-label job: a target project, a model version and its prompts (``model_version`` carries the prompt
+    hash, see :mod:`storage.catalog.jobs`). Pending work is per job, so one bucket can feed many jobs."""
+
+    __tablename__ = "prelabel_jobs"
+    __table_args__ = (UniqueConstraint("project", "model_version", name="uq_prelabel_jobs"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(255))
+    model_id: Mapped[str] = mapped_column(String(255))
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    model_uri: Mapped[str] = mapped_column(String(1024), default="")  # what the user asked to load (hub id, dir, .pt)
+    strategy: Mapped[str] = mapped_column(String(32))
+    prompts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # classes, strategy params, video sampling
+    sources: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the s3:// sources it has run on
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobAsset(Base):
+    """What one job did with one asset revision: ``done`` (its task carries the job's prediction) or ``failed``
+    (``failure_kind`` transient: the next run retries it; permanent: only ``--retry-failed`` does)."""
+
+    __tablename__ = "job_assets"
+    __table_args__ = (
+        UniqueConstraint("job_id", "asset_id", name="uq_job_assets"),
+        Index("ix_job_assets_asset_id", "asset_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("prelabel_jobs.id", ondelete="CASCADE"))
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))  # done | failed
+    failure_kind: Mapped[str | None] = mapped_column(String(16))
+    stage: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Prediction(Base):
@@ -247,6 +311,7 @@ class WorkUnit(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source: Mapped[str] = mapped_column(String(1024))
+    job_id: Mapped[int] = mapped_column(Integer, default=0)  # the pre-label job (0: sharded before jobs existed)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -256,13 +321,14 @@ class WorkUnit(Base):
 
 
 class WorkUnitAsset(Base):
-    """Asset revision ↔ work unit. Unique per asset: an asset revision is sharded into exactly one unit."""
+    """Asset revision ↔ work unit. Unique per (job, asset): within a job an asset revision is in exactly one unit."""
 
     __tablename__ = "work_unit_assets"
-    __table_args__ = (UniqueConstraint("asset_id", name="uq_work_unit_assets_asset"),)
+    __table_args__ = (UniqueConstraint("job_id", "asset_id", name="uq_work_unit_assets_job_asset"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     unit_id: Mapped[int] = mapped_column(ForeignKey("work_units.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int] = mapped_column(Integer, default=0)
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
 
 

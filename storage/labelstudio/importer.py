@@ -37,13 +37,17 @@ DEFAULT_MAX_BATCH_TASKS = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 
-def model_version_string(model_id: str, checkpoint_sha: str, prompt_strategy: str) -> str:
-    """``<model id>@<checkpoint short sha>/<prompt strategy>``: the Label Studio ``model_version`` of a run."""
+def model_version_string(
+    model_id: str, checkpoint_sha: str, prompt_strategy: str, prompt_hash: str | None = None
+) -> str:
+    """``<model id>@<checkpoint short sha>/<prompt strategy>``: the Label Studio ``model_version`` of a run; with
+    ``+<prompt hash>`` when the prompts differ from the strategy's defaults (:func:`storage.catalog.jobs.prompt_hash`)."""
     parts = {"model_id": model_id, "checkpoint_sha": checkpoint_sha, "prompt_strategy": prompt_strategy}
     empty = [k for k, v in parts.items() if not v]
     if empty:
         raise ValueError(f"model_version_string needs non-empty {empty}")
-    return f"{model_id}@{checkpoint_sha[:8]}/{prompt_strategy}"
+    version = f"{model_id}@{checkpoint_sha[:8]}/{prompt_strategy}"
+    return f"{version}+{prompt_hash}" if prompt_hash else version
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class ImportReport:
     created: int = 0  # new tasks
     skipped: int = 0  # task already has this model version
     refreshed: int = 0  # existing task got the new model version's prediction
+    kept: int = 0  # existing task a person has already annotated: left as it is (``keep_touched``)
     reconciled: int = 0  # tasks found in Label Studio that the catalog had lost (crash between POST and commit)
     batches: int = 0
     restored: int = 0  # new tasks whose prediction Label Studio dropped, added again
@@ -311,11 +316,13 @@ def import_predictions(
     attempts: int = 4,
     backoff_s: float = 1.0,
     set_project_version: bool = True,
+    keep_touched: bool = False,
 ) -> ImportReport:
     """Import pre-labels; every result is validated against the project's config before anything is sent.
 
     ``items`` are :class:`ImportItem` or tuples ``(asset_id, media_url, instances_or_results, model_version,
-    task_score[, frame_index])``. Returns counts of created, skipped, refreshed and reconciled tasks.
+    task_score[, frame_index])``. Returns counts of created, skipped, refreshed and reconciled tasks. With
+    ``keep_touched``, existing tasks that a person has annotated (or skipped) get no new prediction (``kept``).
     """
     config = LabelConfig.parse(project.label_config)
     todo = [_as_item(i) for i in items]
@@ -367,13 +374,25 @@ def import_predictions(
         else:
             pending = []
 
+    kept = 0
+    if keep_touched and old_idx:
+        known = _known_tasks(catalog, project)
+        touched = client.touched_task_ids(project.ls_project_id, [known[todo[i].key][0] for i in old_idx])
+        kept = sum(1 for i in old_idx if known[todo[i].key][0] in touched)
+        old_idx = [i for i in old_idx if known[todo[i].key][0] not in touched]
     refreshed = _refresh(
         client, catalog, project, [todo[i] for i in old_idx], [results[i] for i in old_idx], max_batch_tasks
     )
-    if set_project_version and todo:
+    if set_project_version and created + refreshed + skipped:  # Label Studio refuses a version it has no prediction of
         client.update_project(project.ls_project_id, model_version=todo[-1].model_version)
     report = ImportReport(
-        created=created, skipped=skipped, refreshed=refreshed, reconciled=reconciled, batches=batches, restored=restored
+        created=created,
+        skipped=skipped,
+        refreshed=refreshed,
+        kept=kept,
+        reconciled=reconciled,
+        batches=batches,
+        restored=restored,
     )
     logger.info("Label Studio import into %s: %s", project.name, report)
     return report

@@ -60,7 +60,7 @@ class BackgroundProcess:
             return None
         except PermissionError:
             return pid
-        return pid
+        return pid if self._alive(pid) else None  # a child of this process that exited is a zombie until reaped
 
     def is_running(self) -> bool:
         return self.pid() is not None

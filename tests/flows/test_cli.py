@@ -62,3 +62,16 @@ def test_versions_export_lists_every_file_and_show_preview_prints_no_pycocotools
     assert main(["versions", "show", str(made.version.id), "--preview", str(tmp_path / "sheet.png")]) == 0
     shown = capfd.readouterr()
     assert "index" not in shown.out + shown.err and shown.out.rstrip().endswith(f"preview: {tmp_path / 'sheet.png'}")
+
+
+def test_a_failing_command_prints_one_line_and_keeps_the_traceback_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MASKLOOP_DATA_DIR", str(tmp_path))
+    assert main(["skipped", "not-a-uri"]) == 1
+    err = capfd.readouterr().err
+    assert "maskloop skipped: ValueError: expected an s3://bucket/prefix URI, got 'not-a-uri'" in err
+    assert "Traceback" not in err and str(tmp_path / "logs" / "maskloop.log") in err
+    assert "Traceback" in (tmp_path / "logs" / "maskloop.log").read_text()
+    with pytest.raises(ValueError, match="expected an s3://bucket/prefix URI"):  # -vv: the traceback itself
+        main(["-vv", "skipped", "not-a-uri"])

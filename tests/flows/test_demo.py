@@ -53,3 +53,31 @@ def test_demo_looks_for_sam2_on_this_machine_only_and_never_contacts_the_hub(
     model_id, line = choose_model(Settings(data_dir=tmp_path, model_id="facebook/sam2.1-hiera-tiny", device="cpu"))
     assert model_id == DEMO_MODEL
     assert "not in the local Hugging Face cache" in line  # the reason is the local lookup, not a failed connection
+
+
+def test_demo_spec_runs_every_deployment_on_the_stacks_process_pool_and_watches_the_demo_prefix() -> None:
+    import yaml
+
+    from flows.demo import DEMO_BUCKET, DEMO_PREFIX, demo_spec
+    from flows.deploy import DEPLOYMENTS_DIR
+
+    original = yaml.safe_load((DEPLOYMENTS_DIR / "prefect.yaml").read_text())
+    spec = demo_spec(yaml.safe_load((DEPLOYMENTS_DIR / "prefect.yaml").read_text()), DEMO_MODEL, {"x": 1})
+    assert [d["name"] for d in spec["deployments"]] == [d["name"] for d in original["deployments"]]
+    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {"maskloop-process"}, "the stack's worker"
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    source = f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}"
+    assert by_name["discover-every-15-min"]["parameters"]["source"] == source
+    assert by_name["prelabel"]["parameters"]["source"] == source
+    (trigger,) = by_name["prelabel-on-upload"]["triggers"]
+    assert trigger["match"] == {"prefect.resource.id": f"{source}*"} and trigger["expect"] == ["s3.object.created"]
+    for name in ("prelabel", "prelabel-on-upload"):
+        params = by_name[name]["parameters"]
+        assert (params["model_id"], params["strategy_params"], params["project"]) == (
+            DEMO_MODEL,
+            {"x": 1},
+            "maskloop-demo",
+        )
+    assert by_name["harvest"]["parameters"]["project"] == "maskloop-demo (images)"
+    assert by_name["harvest"]["parameters"]["dest"].startswith(f"s3://{DEMO_BUCKET}/")
+    assert [d.get("schedules") for d in spec["deployments"]] == [d.get("schedules") for d in original["deployments"]]

@@ -63,7 +63,7 @@ def _flow_name(entrypoint: str) -> str:
 
 
 def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
-    prefect_api: str, settings: Settings, catalog_url: str, s3: Any, bucket: str
+    prefect_api: str, settings: Settings, catalog_url: str, s3: Any, bucket: str, tiny_checkpoint: Path
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -75,7 +75,8 @@ def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
         s3.put_object(Bucket=bucket, Key=f"in/{i}.png", Body=b"x")
     name = f"unit-{uuid.uuid4().hex[:8]}"
     deployment_id = prelabel_unit_flow.to_deployment(name=name).apply()
-    flow_settings = settings.model_copy(update={"database_url": catalog_url})
+    # the dispatcher names the job's model version from the weight files (it never loads the model)
+    flow_settings = settings.model_copy(update={"database_url": catalog_url, "model_id": str(tiny_checkpoint)})
     result = prelabel_fanout_flow(
         f"s3://{bucket}/in/", unit_size=2, deployment_name=f"prelabel-unit/{name}", settings=flow_settings
     )
@@ -95,6 +96,20 @@ def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
     assert (again["units"], again["already_queued"], again["flow_runs"]) == ([], sorted(result["units"]), [])
 
 
+def test_fanout_that_cannot_read_the_model_says_what_to_download_before_any_work(
+    prefect_api: str, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.prelabel_fanout import prelabel_fanout_flow
+    from model.errors import ModelNotAvailableError
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    flow_settings = settings.model_copy(
+        update={"database_url": f"sqlite:///{tmp_path / 'c.sqlite'}", "model_id": "facebook/sam2.1-hiera-tiny"}
+    )
+    with pytest.raises(ModelNotAvailableError, match="hf download facebook/sam2.1-hiera-tiny"):
+        prelabel_fanout_flow("s3://some-bucket/in/", settings=flow_settings)
+
+
 def test_model_work_holds_one_slot_of_the_strict_gpu_limit_and_fails_without_the_limit(prefect_api: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
@@ -111,3 +126,47 @@ def test_model_work_holds_one_slot_of_the_strict_gpu_limit_and_fails_without_the
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
     with gpu_slot(None):  # no limit configured: model work is not gated
         pass
+
+
+def test_deploy_without_a_prefect_server_fails_with_one_line_naming_prefect_api_url_and_stack_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # no PREFECT_API_URL (also not the test harness's) and no stack server in this data dir: nothing to deploy into
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(["--data-dir", str(tmp_path), "deploy"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("maskloop deploy: no Prefect server: PREFECT_API_URL is not set")
+    assert "`maskloop stack up`" in line
+
+
+def test_cli_points_prefect_commands_at_the_stacks_server_only_when_no_prefect_api_url_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import storage.stack.prefect_server
+    from flows.cli import _stack_prefect_api
+
+    stack_url = "http://127.0.0.1:4999/api"
+    monkeypatch.setattr(storage.stack.prefect_server, "stack_api_url", lambda data_dir: stack_url)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    args = argparse.Namespace(command="prelabel", data_dir=str(tmp_path))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with _stack_prefect_api(args):
+            assert (PREFECT_API_URL.value(), os.environ["PREFECT_API_URL"]) == (stack_url, stack_url)
+        assert "PREFECT_API_URL" not in os.environ and PREFECT_API_URL.value() is None
+        with _stack_prefect_api(argparse.Namespace(command="stack", data_dir=str(tmp_path))):
+            assert PREFECT_API_URL.value() is None, "commands without Prefect are left alone"
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4998/api"}), _stack_prefect_api(args):
+        assert PREFECT_API_URL.value() == "http://127.0.0.1:4998/api", "the profile's server wins"
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4997/api")
+    with _stack_prefect_api(args):
+        assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:4997/api", "the user's variable wins"

@@ -112,6 +112,7 @@ def test_object_deleted_after_listing_is_recorded_and_the_run_goes_on(
     assert len(fetched.ok) == 2 and len(fetched.failed) == 1
     (reason,) = fetched.failed.values()
     assert keys["image"][1] in reason and ("NoSuchKey" in reason or "404" in reason)
+    assert not fetched.transient, "a deleted object is a permanent failure: retrying cannot bring it back"
     params = ops.PrelabelParams(
         source=f"s3://{bucket}/in/", model_id=str(flow_settings.model_id), strategy_params=LOOSE
     )
@@ -126,7 +127,10 @@ def _count(catalog: Catalog, model: Any) -> int:
         return int(session.scalar(select(func.count(model.id))) or 0)
 
 
-def _spawn_prelabel(settings: Settings, prefect_api: str, source: str, project: str) -> subprocess.Popen[bytes]:
+def _spawn_prelabel(
+    settings: Settings, prefect_api: str, source: str, project: str, stdout: int = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """``maskloop prelabel`` in a subprocess (its output piped, or into ``stdout``, e.g. a pseudo-terminal)."""
     env = {
         **os.environ,
         "PREFECT_API_URL": prefect_api,
@@ -147,7 +151,7 @@ def _spawn_prelabel(settings: Settings, prefect_api: str, source: str, project: 
     argv = [sys.executable, "-m", "flows.cli", "prelabel", source, "--project", project, "--batch-size", "1"]
     argv += [arg for name, value in LOOSE.items() for arg in ("--param", f"{name}={value}")]
     return subprocess.Popen(
-        argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        argv, cwd=REPO_ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
     )
 
 

@@ -10,10 +10,12 @@ from sqlalchemy import select, update
 
 from storage import leases
 from storage.catalog import Asset, Catalog, LabelStudioTask, WorkUnit
-from storage.catalog.assets import discover, pending_asset_ids
+from storage.catalog.assets import discover
 from storage.labelstudio.client import LabelStudioClient
 from storage.s3 import list_objects, make_client
 from storage.settings import Settings
+from tasks import prelabel_ops as ops
+from tasks.models import model_identity
 from tests.flows.test_prelabel import LOOSE, ls_tasks
 
 
@@ -31,17 +33,19 @@ def test_fanout_runs_each_unit_once_skips_a_live_lease_and_takes_over_a_dead_one
     catalog = Catalog(flow_settings.resolved_database_url)
     # another worker already sharded the listing and holds the first unit with a live lease
     ids = discover(catalog, list_objects(make_client(flow_settings), bucket, "in/")).new_asset_ids
-    first_unit, *_ = leases.shard_pending(catalog, source, ids, unit_size=2)
+    params = ops.PrelabelParams(source, model_id=flow_settings.model_id, project=project, strategy_params=LOOSE)
+    job = ops.open_job(catalog, None, params, *model_identity(params.model_id))
+    first_unit, *_ = leases.shard_pending(catalog, source, ids, unit_size=2, job_id=job.id)
     held = leases.claim(catalog, "other-worker", 3600, unit_id=first_unit)
     assert held is not None
 
     common = {"project": project, "batch_size": 1, "strategy_params": LOOSE, "settings": flow_settings}
     result = prelabel_fanout_flow(source, unit_size=2, **common)
+    assert result["job_id"] == job.id, "the fan-out keyed its work by another job than the one sharded"
     assert result["new_units"] == [] and first_unit not in result["units"] and len(result["units"]) == 2
     assert all(r["claimed"] for r in result["results"])
     assert prelabel_unit_flow(first_unit, source, **common) == {"unit_id": first_unit, "claimed": False}
-    with catalog.session() as session:
-        waiting = set(pending_asset_ids(session, bucket, "in/"))
+    waiting = set(ops.pending_of(catalog, job.id, source))
     assert waiting == set(held.asset_ids), "only the held unit's assets are still pending"
 
     # the other worker dies: its lease expires and the next fan-out takes the unit over

@@ -322,3 +322,31 @@ def test_compile_flag_wraps_only_the_image_encoder() -> None:
     assert not isinstance(plain.model.vision_encoder, torch._dynamo.eval_frame.OptimizedModule)
     assert isinstance(compiled.model.vision_encoder, torch._dynamo.eval_frame.OptimizedModule)
     assert not isinstance(compiled.model.mask_decoder, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_checkpoint_identity_names_the_model_version_loading_records_without_loading(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    from model.loading import checkpoint_identity
+
+    pt = save_tiny_sam2_meta_checkpoint(tmp_path / "my_sam2.pt", seed=1)
+    for source, loaded in [
+        (tiny_dir, Segmenter.from_pretrained(tiny_dir, device="cpu")),
+        (pt, Segmenter.from_pretrained(pt, device="cpu", config=tiny_sam2_config())),
+    ]:
+        assert checkpoint_identity(source) == (loaded.model_id, loaded.checkpoint_sha256)
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("/nonexistent/dir/sam2.pt", "does not exist"),
+        ("not-a-model-id", "neither a transformers-format directory"),
+        ("facebook/sam2.1-hiera-tiny", "hf download facebook/sam2.1-hiera-tiny"),  # not in the (empty) cache
+    ],
+)
+def test_checkpoint_identity_of_a_missing_model_says_what_is_missing(source: str, error: str, tmp_path: Path) -> None:
+    from model.loading import checkpoint_identity
+
+    with pytest.raises(ModelNotAvailableError, match=error):
+        checkpoint_identity(source, cache_dir=tmp_path)

@@ -7,8 +7,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from storage.catalog import Asset, Catalog, LabelStudioProject, LabelStudioTask, Prediction
-from storage.catalog.assets import discover, pending_asset_ids
+from storage.catalog.assets import discover
 from storage.catalog.db import current_revision
+from storage.catalog.jobs import JobSpec, open_job, pending_asset_ids
 from storage.s3 import S3Object, list_objects
 
 EXPECTED_TABLES = {
@@ -58,7 +59,9 @@ def test_changed_etag_is_a_new_revision_not_a_duplicate(catalog: Catalog) -> Non
     with catalog.session() as s:
         rows = s.scalars(select(Asset).where(Asset.key == "a.jpg").order_by(Asset.revision)).all()
         assert [(r.etag, r.revision, r.status) for r in rows] == [("e1", 1, "superseded"), ("e2", 2, "new")]
-        assert pending_asset_ids(s, "bucket") == sorted(
+    job = open_job(catalog, JobSpec("p", "m@1/everything", "m", "1" * 64, "everything", {}), "s3://bucket/")
+    with catalog.session() as s:
+        assert pending_asset_ids(s, job, "bucket") == sorted(
             [rows[1].id, *[a.id for a in s.scalars(select(Asset).where(Asset.key == "b.jpg"))]]
         )
 
@@ -95,3 +98,34 @@ def test_discovery_from_real_s3_listing_is_incremental(catalog: Catalog, s3, buc
     s3.put_object(Bucket=bucket, Key="in/3.png", Body=b"v2-changed")
     report = discover(catalog, list_objects(s3, bucket, "in/"))
     assert len(report.new_asset_ids) == 1 and report.new_revisions == 1
+
+
+def test_migrations_build_exactly_the_schema_the_models_declare(catalog: Catalog) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from storage.catalog import Base
+
+    with catalog.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        if catalog.dialect == "sqlite":
+            diff = _without_inline_fk_actions(connection, diff)
+    assert diff == [], f"models and migrations differ: {diff}"
+
+
+def _without_inline_fk_actions(connection, diff: list) -> list:  # type: ignore[type-arg]  # noqa: ANN001
+    """SQLite's reflection misses ON DELETE of a foreign key added inline by ALTER TABLE ADD COLUMN (migration 0005):
+    drop that remove/add pair when SQLite itself (PRAGMA foreign_key_list) enforces the model's action."""
+    added = {(d[1].table.name, tuple(c.name for c in d[1].columns)): d[1] for d in diff if d[0] == "add_fk"}
+    dropped = {(d[1].table.name, tuple(c.name for c in d[1].columns)) for d in diff if d[0] == "remove_fk"}
+    same = set()
+    for table, columns in added.keys() & dropped:
+        rows = connection.exec_driver_sql(f"PRAGMA foreign_key_list({table})").all()
+        actions = {(r[3],): r[6] for r in rows}  # (from column,) -> on_delete
+        if actions.get(columns) == (added[(table, columns)].ondelete or "NO ACTION"):
+            same.add((table, columns))
+    return [
+        d
+        for d in diff
+        if d[0] not in ("add_fk", "remove_fk") or (d[1].table.name, tuple(c.name for c in d[1].columns)) not in same
+    ]

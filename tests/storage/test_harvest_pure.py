@@ -82,7 +82,13 @@ def test_boundary_f_score_drops_when_the_shift_exceeds_the_tolerance() -> None:
 
 @pytest.mark.parametrize(
     ("version", "strategy"),
-    [("facebook/sam2.1-hiera-tiny@01234567/everything", "everything"), ("no-strategy", ""), ("a/b", ""), ("", "")],
+    [
+        ("facebook/sam2.1-hiera-tiny@01234567/everything", "everything"),
+        ("shapes-tiny@01234567/text+89abcdef", "text"),  # a job's prompt hash is not part of the strategy
+        ("no-strategy", ""),
+        ("a/b", ""),
+        ("", ""),
+    ],
 )
 def test_strategy_of_model_version(version: str, strategy: str) -> None:
     assert strategy_of(version) == strategy

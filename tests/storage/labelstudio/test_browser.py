@@ -19,12 +19,11 @@ from model.instances import Instances
 from storage.catalog import Catalog, LabelStudioTask
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.importer import ensure_project, import_predictions
-from storage.labelstudio.server import REPO_ROOT, LabelStudioServer
+from storage.labelstudio.server import LabelStudioServer
+from tests.support.browser import ARTIFACTS, launch_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.labelstudio]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO_ROOT / "test-artifacts"
 GREY = 128
 # The mask covers the middle half of the image in each direction; Label Studio draws it ~5 % larger (centred).
 EXPECTED_BOX = (0.25, 0.25, 0.75, 0.75)
@@ -79,9 +78,6 @@ def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    assert CHROMIUM.exists(), (
-        "Debian chromium is missing: run scripts/install_label_studio.sh (apt-get install -y chromium)"
-    )
     base_url, served = cors_file_server
     Image.new("RGB", (640, 480), (GREY, GREY, GREY)).save(served / "grey.png")
     project = ensure_project(ls_client, ls_catalog, "browser-check", "image", ["cat", "dog"])
@@ -104,17 +100,7 @@ def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "label_studio_brush_prediction.png"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(90_000)  # the dev server is slow to serve its bundles on a loaded machine
