@@ -142,6 +142,8 @@ def configure_logging(verbosity: int, log_dir: Path | None, *, models: bool = Fa
         import transformers.utils.logging as transformers_logging
 
         transformers_logging.disable_default_handler()  # its console handler: the weight-loading reports
+        if verbosity < 2:
+            transformers_logging.disable_progress_bar()  # "Loading weights" bars: the run's own bar is enough
     for name in FILE_ONLY:
         noisy = logging.getLogger(name)
         noisy.handlers = list(handlers)

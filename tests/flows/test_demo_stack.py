@@ -8,6 +8,7 @@ within the delay the README states."""
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,10 @@ def test_demo_then_one_upload_becomes_a_prelabelled_label_studio_task_with_no_ot
         assert run_demo(Settings(data_dir=data), keep_running=True, stack=stack, images=2, clips=0) == 0
         out = capsys.readouterr().out
         assert f"Prefect UI: {stack.prefect.url}" in out and "maskloop/shapes-tiny" in out
+        sheet = re.search(r"^overlay sheet: (\S+\.html)", out, re.M)
+        assert sheet and "<img" in Path(sheet.group(1)).read_text(), (
+            f"no overlay sheet beside the Label Studio URL:\n{out}"
+        )
         settings = stack.settings(Settings(data_dir=data))
 
         with temporary_settings({PREFECT_API_URL: stack.prefect.api_url}), get_client(sync_client=True) as client:
