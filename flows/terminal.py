@@ -148,7 +148,7 @@ def configure_logging(verbosity: int, log_dir: Path | None, *, models: bool = Fa
         noisy = logging.getLogger(name)
         noisy.handlers = list(handlers)
         noisy.propagate = verbosity >= 2  # -vv: on the console too
-        noisy.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+        noisy.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)  # their INFO is chatter
     for name in ("httpx", "botocore", "urllib3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
     errors = logging.getLogger(ERRORS)
