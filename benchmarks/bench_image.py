@@ -32,7 +32,7 @@ from model.images import decode_image
 from model.nms import batched_nms
 from model.preprocess import preprocess_images
 from model.segmenter import Segmenter
-from model.testing import build_tiny_sam2, save_tiny_grounding_dino
+from tests.support.tiny_models import build_tiny_sam2, save_tiny_grounding_dino
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco128-seg" / "images" / "train2017"
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from model.instances import Instances
+from storage.annotation.items import ImportItem
 from storage.catalog import Asset, Catalog
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.convert import mask_to_brush_rle
-from storage.labelstudio.importer import ImportItem, ensure_project, import_predictions
+from storage.labelstudio.importer import ensure_project, import_predictions
 
 
 def _instances(seed: int, n: int, h: int, w: int) -> Instances:

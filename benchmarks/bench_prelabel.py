@@ -90,7 +90,7 @@ def main() -> None:
     from model.cache import get_segmenter
     from model.images import decode_image
     from model.synthetic import SyntheticDomain
-    from model.testing import save_tiny_sam2
+    from tests.support.tiny_models import save_tiny_sam2
     from storage.labelstudio.server import LabelStudioServer
     from storage.s3 import make_client
     from storage.settings import Settings
@@ -138,6 +138,7 @@ def main() -> None:
             prefect_test_harness(server_startup_timeout=120),
         ):
             from flows.prelabel import prelabel_flow
+            from storage.params import PrelabelParams
 
             if args.pin_services:  # every thread of every server process (affinity is per thread on Linux)
                 for pid in _descendants(os.getpid()):
@@ -168,17 +169,15 @@ def main() -> None:
                     client.put_object(Bucket="bench", Key=f"in{r}/{i:05d}.png", Body=blob)
                 start = time.perf_counter()
                 result = prelabel_flow(
-                    f"s3://bench/in{r}/",
-                    batch_size=args.batch,
-                    strategy_params=strategy_params,
+                    PrelabelParams(source=f"s3://bench/in{r}/", batch_size=args.batch, strategy_params=strategy_params),
                     settings=settings.model_copy(update={"io_process": mode == "process"}),
                 )
                 wall = time.perf_counter() - start
-                done = int(result["done"])
+                done = result.count("done")
                 # bare before and after each pipeline run: their mean is fairer to a drifting machine
                 bares.append(bare_rate())
                 bare = (bares[-2] + bares[-1]) / 2
-                model_s = float(result.get("model_seconds", float("nan")))
+                model_s = float(result.timings.get("model_seconds", float("nan")))
                 runs.append(
                     {
                         "bare": bare,
@@ -187,7 +186,7 @@ def main() -> None:
                         "model_s": model_s,
                         "done": done,
                         "mode": mode,
-                        "io_helper_calls": result.get("io_helper_calls", 0),
+                        "io_helper_calls": result.io_helper_calls,
                     }
                 )
 

@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from model.testing import save_tiny_sam2
+    from tests.support.tiny_models import save_tiny_sam2
     from storage.labelstudio.server import LabelStudioServer
     from storage.s3 import make_client
     from storage.settings import Settings
@@ -130,6 +130,7 @@ def _measure(url: str, server_env: dict[str, str], settings: Any, workers: int, 
     from sqlalchemy import select
 
     from flows.prelabel_fanout import prelabel_fanout_flow
+    from storage.params import FanoutParams
     from storage.catalog import Catalog, WorkUnit
     from tests.support.prefect_cluster import process_worker, stop, wait_started, worker_env
 
@@ -142,17 +143,17 @@ def _measure(url: str, server_env: dict[str, str], settings: Any, workers: int, 
             wait_started(log, f"run{workers}-w{i}")
         start = time.perf_counter()
         with temporary_settings({PREFECT_API_URL: url}):
-            result = prelabel_fanout_flow(
-                "s3://bench/in/",
+            params = FanoutParams(
+                source="s3://bench/in/",
                 unit_size=args.unit_size,
                 deployment_name="prelabel-unit/prelabel-unit",
                 project=f"bench-{workers}-workers",
                 batch_size=args.batch,
                 strategy_params=STRATEGY_PARAMS,
-                settings=settings,
             )
-        if len(result["units"]) != args.units:
-            raise RuntimeError(f"expected {args.units} units, the fan-out made {result['units']}")
+            result = prelabel_fanout_flow(params, settings=settings)
+        if len(result.units) != args.units:
+            raise RuntimeError(f"expected {args.units} units, the fan-out made {result.units}")
         catalog = Catalog(settings.resolved_database_url)
         try:
             deadline = time.monotonic() + 1800

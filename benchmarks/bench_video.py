@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.video_model import Sam2Video  # noqa: E402
-from model.video_testing import tiny_sam2_video_model  # noqa: E402
+from tests.support.tiny_models import tiny_sam2_video_model  # noqa: E402
 
 
 def session_bytes(session: object) -> int:

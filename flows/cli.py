@@ -9,9 +9,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from model.errors import ModelNotAvailableError
+from flows.options import add_options, params_from
+from model.errors import MaskloopError
+from model.strategies import STRATEGIES
+from storage.params import HarvestParams, PrelabelParams
 from storage.settings import Settings
-from storage.stack.process import PortInUseError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -92,52 +94,21 @@ def cmd_skipped(args: argparse.Namespace) -> int:
     return 0
 
 
-def _param_value(text: str) -> object:
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def cmd_prelabel(args: argparse.Namespace) -> int:
     from flows.prelabel import prelabel_flow
+    from storage.params import PrelabelParams
 
-    strategy_params = {}
-    for item in args.param or []:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"maskloop prelabel: --param expects NAME=VALUE, got {item!r}")
-        strategy_params[name] = _param_value(value)
-    result = prelabel_flow(
-        args.source,
-        classes=args.classes or None,
-        strategy=args.strategy,
-        model_id=args.model,
-        project=args.project,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        video_every=args.video_every,
-        video_target_fps=args.video_fps,
-        key_frame_interval=args.key_frame_interval,
-        video_max_frames=args.video_max_frames,
-        strategy_params=strategy_params,
-        retry_failed=args.retry_failed,
-        settings=_stack_settings(args),
-    )
+    result = prelabel_flow(params_from(args, PrelabelParams), settings=_stack_settings(args))
+    c = result.count
     print(
-        f"run {result['run_id']} (job {result['job_id']}): {result['done']}/{result['assets']} assets pre-labelled, "
-        f"{result['failed']} failed, {result['instances']} instances, {result['assets_per_s']} assets/s "
-        f"({result['model_version']})"
+        f"run {result.run_id} (job {result.job_id}): {c('done')}/{c('assets')} assets pre-labelled, "
+        f"{c('failed')} failed, {c('instances')} instances, {result.timings.get('assets_per_s', 0.0)} assets/s "
+        f"({result.model_version})"
     )
-    if result["refreshed"] or result["kept"]:
-        print(
-            f"existing tasks: {result['refreshed']} got the new prediction, "
-            f"{result['kept']} already annotated were left alone"
-        )
-    if result["failed"]:
-        print(f"failures: maskloop runs show {result['run_id']}")
+    if c("refreshed") or c("kept"):
+        print(f"existing tasks: {c('refreshed')} got the new prediction, {c('kept')} already annotated were left alone")
+    if c("failed"):
+        print(f"failures: maskloop runs show {result.run_id}")
     return 0
 
 
@@ -219,73 +190,31 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_harvest(args: argparse.Namespace) -> int:
     from flows.harvest import harvest_flow
+    from storage.params import HarvestParams
 
-    result = harvest_flow(
-        args.project,
-        create_version=args.create_version,
-        dest=args.dest,
-        dataset=args.dataset,
-        tag=args.tag,
-        polygons=args.polygons,
-        full=args.full,
-        settings=_stack_settings(args),
-    )
-    h = result["harvest"]
+    result = harvest_flow(params_from(args, HarvestParams), settings=_stack_settings(args))
+    h = result.harvest
     print(
-        f"run {result['run_id']}: {h['tasks_seen']} tasks seen, {h['created']} new and {h['updated']} changed annotations, "
-        f"{h['skipped']} skipped, {len(h['invalid'])} invalid, {h['agreement_rows']} agreement rows"
+        f"run {result.run_id}: {h.tasks_seen} tasks seen, {h.created} new and {h.updated} changed annotations, "
+        f"{h.skipped} skipped, {len(h.invalid)} invalid, {h.agreement_rows} agreement rows"
     )
-    for ann_id, reason in h["invalid"].items():
+    for ann_id, reason in h.invalid.items():
         print(f"  invalid annotation {ann_id}: {reason}")
-    if "version" in result:
-        v = result["version"]
-        print(f"dataset {v['dataset']} v{v['number']} (id {v['version_id']}, {'new' if v['created'] else 'unchanged'})")
+    if result.version is not None:
+        v = result.version
+        print(f"dataset {v.dataset} v{v.number} (id {v.version_id}, {'new' if v.created else 'unchanged'})")
     return 0
-
-
-def _weights(items: list[str] | None) -> dict[str, float] | None:
-    out = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise SystemExit(f"maskloop active-learning: --weight expects SIGNAL=NUMBER, got {item!r}") from None
-        if not sep:
-            raise SystemExit(f"maskloop active-learning: --weight expects SIGNAL=NUMBER, got {item!r}")
-    return out or None
 
 
 def cmd_active_learning(args: argparse.Namespace) -> int:
     from flows.active_learning import active_learning_flow
+    from storage.params import ActiveLearningParams
 
-    result = active_learning_flow(
-        args.project,
-        strategy=args.strategy,
-        budget=args.budget,
-        finetune=not args.no_finetune,
-        finetune_from=args.finetune_from,
-        model_id=args.model,
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        freeze=args.freeze,
-        held_out_fraction=args.held_out,
-        promote_margin=args.promote_margin,
-        accept_iou=args.accept_iou,
-        seed=args.seed,
-        dest=args.dest,
-        dataset=args.dataset,
-        models_dir=args.models_dir,
-        review_view=not args.no_review_view,
-        confidence_weights=_weights(args.weight),
-        calibrate=not args.no_calibrate,
-        num_threads=args.threads,
-        settings=_stack_settings(args),
-    )
-    m = result["metrics"]
+    params = params_from(args, ActiveLearningParams)
+    result = active_learning_flow(params, settings=_stack_settings(args))
+    m = result.metrics
     print(
-        f"round {result['round']} (run {result['run_id']}): {m['corrected_items']} corrected items, "
+        f"round {result.round} (run {result.run_id}): {m['corrected_items']} corrected items, "
         f"{m['train_items']} train / {m['held_out_items']} held out"
     )
     if "finetune" in m:
@@ -302,15 +231,15 @@ def cmd_active_learning(args: argparse.Namespace) -> int:
         )
     print(
         f"  new model promoted; re-pre-labelled {m.get('relabelled', 0)} tasks as {m.get('model_version')}"
-        if result["promoted"]
+        if result.promoted
         else f"  model kept ({m.get('not_promoted', 'no new model')})"
     )
     weights = m.get("confidence_weights") or {}
     print(f"  uncertainty signal weights: {weights.get('source')} {weights.get('weights') or ''}".rstrip())
     pool = m["pool"]
     print(
-        f"  pool of {pool['items']} tasks scored with {pool['scored_with']} ({args.strategy}); "
-        f"review next: {pool['chosen_tasks'][:20]}{' ...' if len(pool['chosen_tasks']) > 20 else ''}"
+        f"  pool of {pool['items']} tasks scored with {pool['scored_with']} ({params.strategy}); "
+        f"review next: {result.chosen_tasks[:20]}{' ...' if len(result.chosen_tasks) > 20 else ''}"
     )
     return 0
 
@@ -324,15 +253,13 @@ def cmd_versions(args: argparse.Namespace) -> int:
     catalog = Catalog(settings.resolved_database_url)
     try:
         if args.action == "create":
-            from storage.harvest import find_project
-            from storage.labelstudio.client import LabelStudioClient
+            from storage.annotation import find_project
+            from storage.annotation.registry import DEFAULT_BACKEND
             from storage.versions import create_version
 
             if not args.project or not args.dest:
                 raise SystemExit("maskloop versions create: --project and --dest s3://bucket/prefix are required")
-            token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
-            with LabelStudioClient(settings.label_studio_url, token or "-") as client:
-                row = find_project(catalog, client, args.project)
+            row = find_project(catalog, args.project, backend=DEFAULT_BACKEND, url=settings.label_studio_url)
             made = create_version(
                 catalog,
                 make_client(settings),
@@ -459,23 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     skip.set_defaults(func=cmd_skipped)
 
     pre = sub.add_parser("prelabel", help="pre-label new media under s3://bucket/prefix into Label Studio")
-    pre.add_argument("source")
-    pre.add_argument("--classes", nargs="*", help="class names (text strategy: the prompts)")
-    pre.add_argument("--strategy", choices=["everything", "text", "prior"], default="everything")
-    pre.add_argument("--model", help="SAM 2 hub id, directory or .pt (default: $MASKLOOP_MODEL_ID)")
-    pre.add_argument("--project", default="maskloop", help="Label Studio project name prefix")
-    pre.add_argument("--batch-size", type=int, default=32)
-    pre.add_argument("--limit", type=int)
-    pre.add_argument("--video-every", type=int, default=1, help="track every k-th frame")
-    pre.add_argument("--video-fps", type=float, help="track at this frame rate instead")
-    pre.add_argument("--key-frame-interval", type=int, default=30)
-    pre.add_argument("--video-max-frames", type=int)
-    pre.add_argument("--param", action="append", help="strategy parameter NAME=VALUE (e.g. points_per_side=16)")
-    pre.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="also retry what this job failed on for good (corrupt media, deleted objects); transient failures are always retried",
-    )
+    add_options(pre, PrelabelParams, choices={"strategy": list(STRATEGIES)})
     pre.set_defaults(func=cmd_prelabel)
 
     runs = sub.add_parser("runs", help="list runs, or show one with its failures")
@@ -491,54 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     job.set_defaults(func=cmd_jobs)
 
     har = sub.add_parser("harvest", help="pull corrections from a Label Studio project into the catalog")
-    har.add_argument("project", help="catalog project name, e.g. 'maskloop (images)'")
-    har.add_argument("--create-version", action="store_true", help="then freeze a dataset version")
-    har.add_argument("--dest", help="s3://bucket/prefix for the version's COCO export and manifest")
-    har.add_argument("--dataset", help="dataset name (default: the project name)")
-    har.add_argument("--tag")
-    har.add_argument("--polygons", action="store_true", help="COCO polygons instead of RLE")
-    har.add_argument("--full", action="store_true", help="ignore the incremental cursor")
+    add_options(har, HarvestParams)
     har.set_defaults(func=cmd_harvest)
+
+    from storage.params import ActiveLearningParams
 
     al = sub.add_parser(
         "active-learning", help="one active-learning round: harvest, fine-tune, compare, re-pre-label, prioritise"
     )
-    al.add_argument("project", help="catalog project name, e.g. 'maskloop (images)'")
-    al.add_argument("--strategy", choices=["uncertainty", "diversity", "hybrid", "random"], default="uncertainty")
-    al.add_argument("--budget", type=int, default=50, help="tasks to put first in the review queue")
-    al.add_argument("--no-finetune", action="store_true", help="only re-score the pool with the current model")
-    al.add_argument(
-        "--finetune-from",
-        choices=["current", "initial"],
-        default="current",
-        help="continue from the current model, or retrain from the project's initial model on all corrections",
-    )
-    al.add_argument("--model", help="model pre-labelling the project (default: last promoted, else $MASKLOOP_MODEL_ID)")
-    al.add_argument("--steps", type=int, default=300)
-    al.add_argument("--lr", type=float, default=1e-3)
-    al.add_argument("--batch-size", type=int, default=2)
-    al.add_argument(
-        "--freeze",
-        nargs="*",
-        choices=["image_encoder", "prompt_encoder", "mask_decoder"],
-        help="modules to freeze (default: image_encoder prompt_encoder, i.e. decoder-only)",
-    )
-    al.add_argument("--held-out", type=float, default=0.25, help="fraction of corrected items held out")
-    al.add_argument("--promote-margin", type=float, default=0.0, help="held-out IoU gain the new model must exceed")
-    al.add_argument("--accept-iou", type=float, default=0.9, help="IoU for 'accepted unchanged'")
-    al.add_argument("--seed", type=int, default=0)
-    al.add_argument("--dest", help="s3://bucket/prefix: freeze the corrections into a dataset version first")
-    al.add_argument("--dataset", help="dataset name for --dest (default: the project name)")
-    al.add_argument("--models-dir", help="where fine-tuned checkpoints go (default: <data dir>/models)")
-    al.add_argument("--no-review-view", action="store_true", help="no 'review next' Label Studio view")
-    al.add_argument(
-        "--weight",
-        action="append",
-        help="uncertainty signal weight SIGNAL=W (predicted_iou, stability, multimask_agreement, box_agreement, "
-        "detector_margin; default 1 each)",
-    )
-    al.add_argument("--no-calibrate", action="store_true", help="do not learn the signal weights from the corrections")
-    al.add_argument("--threads", type=int, help="torch CPU threads for fine-tuning")
+    add_options(al, ActiveLearningParams, choices=ActiveLearningParams.choices())
     al.set_defaults(func=cmd_active_learning)
 
     ver = sub.add_parser("versions", help="immutable dataset versions: create, list, show, diff, export")
@@ -550,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--tag")
     ver.add_argument("--polygons", action="store_true")
     ver.add_argument("--preview", help="show: write a contact sheet PNG here")
-    ver.add_argument("--format", default="coco", choices=["coco"])
+    from storage.formats.registry import EXPORTERS  # --format offers the exporter table's names
+
+    ver.add_argument("--format", default="coco", choices=list(EXPORTERS), help="export: file format")
     ver.add_argument("--out", help="export: output directory")
     ver.add_argument("--images", action="store_true", help="export: also download the images")
     ver.set_defaults(func=cmd_versions)
@@ -599,21 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_finetune(args, argv[argv.index("finetune") + 1 :])
     args = parser.parse_args(argv)
     _configure_logging(args)
-    from flows.deploy import NoPrefectServerError
-
     try:
         with _stack_prefect_api(args):
             return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except (
-        PortInUseError,
-        TimeoutError,
-        FileNotFoundError,
-        PermissionError,
-        ModelNotAvailableError,
-        NoPrefectServerError,
-    ) as error:
+    except MaskloopError as error:  # raised on purpose: its message says what went wrong and what to do
+        print(f"maskloop {args.command}: {error}", file=sys.stderr)
+        return error.exit_code
+    except (TimeoutError, FileNotFoundError, PermissionError) as error:
         print(f"maskloop {args.command}: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # one line here; the traceback in the log file (and on the terminal with -vv)

@@ -41,7 +41,7 @@ def sample_media(images: int = 12, clips: int = 1, seed: int = 2026) -> dict[str
     from PIL import Image
 
     from model.synthetic import SyntheticDomain
-    from model.video_testing import write_video
+    from model.video import write_video
 
     domain = SyntheticDomain()
     media: dict[str, bytes] = {}
@@ -90,14 +90,19 @@ def demo_spec(spec: dict[str, Any], model_id: str, strategy_params: dict[str, An
     prelabel = {"project": "maskloop-demo", "model_id": model_id, "strategy_params": strategy_params, "batch_size": 8}
     for item in spec["deployments"]:
         params = item.setdefault("parameters", {})
-        if "source" in params:
-            params["source"] = source
-        if item["entrypoint"].startswith("flows/prelabel_fanout.py:"):
-            params.update(prelabel)
-        if "project" in params and not params["project"].startswith("maskloop-demo"):
-            params["project"] = params["project"].replace("maskloop", "maskloop-demo", 1)
-        if "dest" in params:
-            params["dest"] = f"s3://{DEMO_BUCKET}/datasets/"
+        if item["entrypoint"] == "flows/prelabel_fanout.py:prelabel_fanout_flow":  # one FanoutParams each
+            for holder in [t["parameters"] for t in item.get("triggers") or []] or [params]:  # a trigger's is whole
+                fanout = holder.setdefault("params", {})
+                fanout.update(prelabel)
+                if "{{" not in fanout.get("source", ""):
+                    fanout["source"] = source
+        values = params.get("params", params)  # a flow's parameters model, or its plain keyword parameters
+        if "source" in values and "{{" not in values["source"]:
+            values["source"] = source
+        if "project" in values and not values["project"].startswith("maskloop-demo"):
+            values["project"] = values["project"].replace("maskloop", "maskloop-demo", 1)
+        if "dest" in values:
+            values["dest"] = f"s3://{DEMO_BUCKET}/datasets/"
         for trigger in item.get("triggers") or []:
             trigger["match"] = {"prefect.resource.id": f"{source}*"}
         item["work_pool"] = {"name": "maskloop-process", "job_variables": {}}
@@ -140,6 +145,7 @@ def run_demo(
 
 def _run_demo(stack: Stack, settings: Settings, keep_running: bool, images: int, clips: int) -> int:
     from flows.prelabel import prelabel_flow
+    from storage.params import PrelabelParams
 
     client = make_client(settings)
     ensure_bucket(client, DEMO_BUCKET)
@@ -150,25 +156,28 @@ def _run_demo(stack: Stack, settings: Settings, keep_running: bool, images: int,
     model_id, line = choose_model(settings)
     print(line)
     # shapes-tiny's IoU head is less confident than SAM 2's: its own filters (see its model card)
-    params = {"points_per_side": 16, **DEMO_MODEL_FILTERS} if model_id == DEMO_MODEL else {}
+    params: dict[str, Any] = {"points_per_side": 16, **DEMO_MODEL_FILTERS} if model_id == DEMO_MODEL else {}
     result = prelabel_flow(
-        f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}",
-        model_id=model_id,
-        project="maskloop-demo",
-        batch_size=8,
-        strategy_params=params,
+        PrelabelParams(
+            source=f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}",
+            model_id=model_id,
+            project="maskloop-demo",
+            batch_size=8,
+            strategy_params=params,
+        ),
         settings=settings,
     )
+    c = result.count
     ls = stack.label_studio()
     print(
-        f"\nrun {result['run_id']}: {result['done']}/{result['assets']} new assets pre-labelled ({result['instances']} masks, "
-        f"{result['failed']} failed) with {result['model_version']}"
+        f"\nrun {result.run_id}: {c('done')}/{c('assets')} new assets pre-labelled ({c('instances')} masks, "
+        f"{c('failed')} failed) with {result.model_version}"
     )
     print(f"Label Studio: {ls.url}  (projects 'maskloop-demo (images)' and 'maskloop-demo (videos)')")
     print(f"  login: {ls.credentials.username}  password: in {ls.data_dir / 'credentials.json'} (owner-only)")
-    sheet = demo_report(settings, int(result["run_id"]))
+    sheet = demo_report(settings, result.run_id)
     print(f"overlay sheet: {sheet}  (the masks and tracks of this run drawn on its media; open it in a browser)")
-    print(f"catalog: {settings.resolved_database_url}; `maskloop runs show {result['run_id']}` for details")
+    print(f"catalog: {settings.resolved_database_url}; `maskloop runs show {result.run_id}` for details")
     if keep_running:
         with tempfile.TemporaryDirectory() as tmp:
             deployed = deploy_demo(model_id, params, Path(tmp))
@@ -180,7 +189,7 @@ def _run_demo(stack: Stack, settings: Settings, keep_running: bool, images: int,
         print("the stack keeps running; `maskloop stack down` stops it")
     else:
         stack.down()
-    return 0 if result["failed"] == 0 else 1
+    return 0 if c("failed") == 0 else 1
 
 
 def demo_report(settings: Settings, run_id: int) -> Path:

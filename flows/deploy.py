@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.errors import MaskloopError
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +140,7 @@ def apply_deployments(prefect_file: Path, repo_dir: Path) -> list[str]:
     return applied
 
 
-class NoPrefectServerError(RuntimeError):
+class NoPrefectServerError(MaskloopError, RuntimeError):
     """No Prefect server to deploy into: without one, Prefect would start a temporary server that ends with the
     command, taking the pools, schedules and triggers with it."""
 

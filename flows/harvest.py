@@ -1,55 +1,41 @@
-"""Flow ``harvest``: Label Studio corrections → catalog annotations + agreement → (optionally) a frozen version."""
+"""Flow ``harvest``: annotation corrections → catalog annotations + agreement → (optionally) a frozen version."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from prefect import flow
 from prefect.context import get_run_context
 
-from storage.catalog import Catalog
+from storage.catalog.runs import recorded_run
+from storage.harvest import HarvestReport
+from storage.params import HarvestParams
+from storage.services import Services
 from storage.settings import Settings
-from tasks import prelabel_ops as ops
+from storage.versions import FrozenVersion
 from tasks.harvest import freeze_version, harvest_annotations
 
 
+@dataclass(frozen=True)
+class HarvestResult:
+    run_id: int
+    harvest: HarvestReport
+    version: FrozenVersion | None = None
+
+
 @flow(name="harvest")
-def harvest_flow(
-    project: str,
-    create_version: bool = False,
-    dest: str | None = None,
-    dataset: str | None = None,
-    tag: str | None = None,
-    polygons: bool = False,
-    page_size: int = 100,
-    full: bool = False,
-    settings: Settings | None = None,
-) -> dict[str, Any]:
-    """Harvest ``project`` (catalog name, e.g. ``maskloop (images)``); with ``create_version`` freeze the result
-    into a dataset version whose COCO export and manifest go to ``dest`` (``s3://bucket/prefix``)."""
-    settings = settings or Settings()
-    if create_version and not dest:
-        raise ValueError("create_version needs dest (s3://bucket/prefix for the COCO export and manifest)")
-    catalog_url = settings.resolved_database_url
-    catalog = Catalog(catalog_url)
-    params = {
-        "project": project,
-        "create_version": create_version,
-        "dest": dest,
-        "dataset": dataset,
-        "tag": tag,
-        "full": full,
-    }
-    run_id = ops.start_run(catalog, "harvest", params, str(get_run_context().flow_run.id))  # type: ignore[union-attr]
-    status, result = "failed", {}
-    try:
-        result = {"run_id": run_id, "harvest": harvest_annotations(settings, catalog_url, project, page_size, full)}
-        if create_version:
-            result["version"] = freeze_version(settings, catalog_url, project, str(dest), dataset, tag, polygons)
-        status = "completed"
-        return result
-    finally:
-        harvested = result.get("harvest")
-        counts = {k: v for k, v in harvested.items() if isinstance(v, int)} if isinstance(harvested, dict) else {}
-        ops.finish_run(catalog, run_id, status, counts, {})
-        catalog.dispose()
+def harvest_flow(params: HarvestParams, settings: Settings | None = None) -> HarvestResult:
+    """Harvest ``params.project`` (catalog name, e.g. ``maskloop (images)``); with ``create_version`` freeze the
+    result into a dataset version whose COCO export and manifest go to ``dest`` (``s3://bucket/prefix``)."""
+    flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    recorded = params.model_dump(mode="json", exclude={"polygons", "page_size"})
+    with Services(settings or Settings()) as services:
+        with recorded_run(services.catalog, "harvest", recorded, flow_run_id) as run:
+            harvested = harvest_annotations(services, params.project, params.page_size, params.full)
+            run.counts.update({k: v for k, v in harvested.to_json().items() if isinstance(v, int)})
+            version = None
+            if params.create_version:
+                version = freeze_version(
+                    services, params.project, str(params.dest), params.dataset, params.tag, params.polygons
+                )
+        return HarvestResult(run.id, harvested, version)

@@ -21,38 +21,23 @@ from __future__ import annotations
 
 import os
 import socket
-import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import reconcile
 from flows.prelabel import run_batches
 from storage import leases
-from storage.catalog import Catalog
+from storage.catalog.runs import recorded_run
+from storage.params import FanoutParams, UnitParams
+from storage.prelabel import plan
+from storage.services import Services
 from storage.settings import Settings
-from tasks import prelabel_ops as ops
 from tasks.discovery import discover_assets
-from tasks.models import Models, model_identity
-
-# Parameters both flows pass through unchanged to the pipeline (JSON-serialisable, so run_deployment can send them).
-PIPELINE_DEFAULTS: dict[str, Any] = {
-    "classes": None,
-    "strategy": "everything",
-    "model_id": None,
-    "project": "maskloop",
-    "batch_size": 32,
-    "video_every": 1,
-    "video_target_fps": None,
-    "key_frame_interval": 30,
-    "video_max_frames": None,
-    "strategy_params": None,
-    "retry_failed": False,
-    "lease_ttl_s": 300.0,
-    "heartbeat_s": 60.0,
-    "gpu_limit": None,
-}
+from tasks.prelabel import open_job, plan_batches, shard_units
 
 
 def _flow_run_id() -> str:
@@ -68,182 +53,115 @@ def lease_owner(flow_run_id: str) -> str:
     return " ".join(parts)[:255]
 
 
-def _params(source: str, options: dict[str, Any], settings: Settings) -> ops.PrelabelParams:
-    return ops.PrelabelParams(
-        source=source,
-        strategy=options["strategy"],
-        classes=tuple(options["classes"] or ()),
-        model_id=options["model_id"] or settings.model_id,
-        project=options["project"],
-        batch_size=options["batch_size"],
-        video_every=options["video_every"],
-        video_target_fps=options["video_target_fps"],
-        key_frame_interval=options["key_frame_interval"],
-        video_max_frames=options["video_max_frames"],
-        strategy_params=dict(options["strategy_params"] or {}),
-        retry_failed=bool(options["retry_failed"]),
-    )
+@dataclass(frozen=True)
+class UnitResult:
+    unit_id: int
+    claimed: bool
+    run_id: int | None = None
+    attempt: int = 0
+    counts: dict[str, float] = field(default_factory=dict)
 
 
 @flow(name="prelabel-unit", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
-def prelabel_unit_flow(
-    unit_id: int,
-    source: str,
-    classes: list[str] | None = None,
-    strategy: str = "everything",
-    model_id: str | None = None,
-    project: str = "maskloop",
-    batch_size: int = 32,
-    video_every: int = 1,
-    video_target_fps: float | None = None,
-    key_frame_interval: int = 30,
-    video_max_frames: int | None = None,
-    strategy_params: dict[str, Any] | None = None,
-    retry_failed: bool = False,
-    lease_ttl_s: float = 300.0,
-    heartbeat_s: float = 60.0,
-    gpu_limit: str | None = None,
-    settings: Settings | None = None,
-) -> dict[str, Any]:
-    """Claim work unit ``unit_id`` with a lease and pre-label its assets; skipped when another worker holds it."""
+def prelabel_unit_flow(params: UnitParams, settings: Settings | None = None) -> UnitResult:
+    """Claim work unit ``params.unit_id`` with a lease and pre-label its assets; skipped when another worker
+    holds it."""
     settings = settings or Settings()
     logger = get_run_logger()
-    options = {k: v for k, v in locals().items() if k in PIPELINE_DEFAULTS}
-    params = _params(source, options, settings)
-    config = leases.LeaseConfig(ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
-    catalog_url = settings.resolved_database_url
-    catalog = Catalog(catalog_url)
     owner = lease_owner(_flow_run_id())
-    try:
-        lease = leases.claim(catalog, owner, config.ttl_s, unit_id=unit_id)
+    with Services(settings) as services:
+        lease = leases.claim(services.catalog, owner, params.lease_ttl_s, unit_id=params.unit_id)
         if lease is None:
-            logger.info("work unit %d is held by a live lease or finished: skipped", unit_id)
-            return {"unit_id": unit_id, "claimed": False}
-        return _work_on(settings, catalog, lease, params, config, gpu_limit)
-    finally:
-        catalog.dispose()
+            logger.info("work unit %d is held by a live lease or finished: skipped", params.unit_id)
+            return UnitResult(params.unit_id, claimed=False)
+        return _work_on(services, lease, params.with_model(settings.model_id))  # type: ignore[arg-type]
 
 
-def _work_on(
-    settings: Settings,
-    catalog: Catalog,
-    lease: leases.Lease,
-    params: ops.PrelabelParams,
-    config: leases.LeaseConfig,
-    gpu_limit: str | None,
-) -> dict[str, Any]:
+def _work_on(services: Services, lease: leases.Lease, params: UnitParams) -> UnitResult:
     logger = get_run_logger()
-    run_id = ops.start_run(
-        catalog,
-        "prelabel-unit",
-        {"unit_id": lease.unit_id, "source": params.source, "lease_owner": lease.owner, "attempt": lease.attempt},
-        _flow_run_id(),
-    )
-    started = time.perf_counter()
-    counts: dict[str, float] = {**ops.EMPTY_COUNTS}
-    status, lineage = "failed", (None, None)
+    catalog = services.catalog
+    recorded = {"unit_id": lease.unit_id, "source": params.source, "lease_owner": lease.owner, "attempt": lease.attempt}
     try:
-        with leases.Heartbeat(catalog, lease, config) as beat:
-            models = Models.load(settings, params.model_id, params.strategy)
-            model_id, sha = str(models.segmenter.model_id), str(models.segmenter.checkpoint_sha256)
-            lineage = (model_id, sha)  # type: ignore[assignment]
-            job = ops.open_job(catalog, run_id, params, model_id, sha)
-            if job.id != lease.job_id:
-                raise RuntimeError(
-                    f"work unit {lease.unit_id} belongs to pre-label job {lease.job_id}, but this run's project, model "
-                    f"and prompts make job {job.id} ({job.model_version}): run it with the fan-out's parameters"
-                )
-            todo = ops.pending_of(
-                catalog, job.id, params.source, retry_failed=params.retry_failed, among=lease.asset_ids
-            )
-            counts["assets"] = len(todo)
-            batches = ops.batches_of(catalog, todo, params.batch_size)
-            run_batches(settings, catalog.url, run_id, batches, params, job.model_version, counts, gpu_limit)
-        if beat.lost.is_set():
-            raise RuntimeError(f"lost the lease on work unit {lease.unit_id} while working; another worker has it")
-        if not leases.finish(catalog, beat.lease):
-            raise RuntimeError(f"work unit {lease.unit_id} was taken over before it could be marked done")
-        status = "completed"
+        with recorded_run(catalog, "prelabel-unit", recorded, _flow_run_id(), plan.EMPTY_COUNTS) as run:
+            with leases.Heartbeat(catalog, lease, params.lease_config()) as beat:
+                job = open_job(services, run.id, params)
+                run.lineage = (job.model_id, job.checkpoint_sha256)
+                if job.id != lease.job_id:
+                    raise RuntimeError(
+                        f"work unit {lease.unit_id} belongs to pre-label job {lease.job_id}, but this run's project, "
+                        f"model and prompts make job {job.id} ({job.model_version}): run it with the fan-out's "
+                        "parameters"
+                    )
+                batches = plan_batches(services, job.id, params, among=lease.asset_ids)
+                run.counts["assets"] = sum(len(b) for b in batches)
+                pipeline = params.pipeline()
+                run_batches(services, run.id, batches, pipeline, job.model_version, run.counts, params.gpu_limit)
+            if beat.lost.is_set():
+                raise RuntimeError(f"lost the lease on work unit {lease.unit_id} while working; another worker has it")
+            if not leases.finish(catalog, beat.lease):
+                raise RuntimeError(f"work unit {lease.unit_id} was taken over before it could be marked done")
     except BaseException:
         leases.release(catalog, lease)  # free for the next fan-out at once (no-op if the lease was lost)
         raise
-    finally:
-        elapsed = time.perf_counter() - started
-        timings = ops.stage_timings(counts, elapsed)
-        ops.finish_run(catalog, run_id, status, counts, timings, *lineage)
-    logger.info("work unit %d (attempt %d): %s", lease.unit_id, lease.attempt, counts)
-    return {"unit_id": lease.unit_id, "claimed": True, "run_id": run_id, "attempt": lease.attempt, **counts}
+    logger.info("work unit %d (attempt %d): %s", lease.unit_id, lease.attempt, run.counts)
+    return UnitResult(lease.unit_id, True, run.id, lease.attempt, dict(run.counts))
+
+
+@dataclass(frozen=True)
+class FanoutResult:
+    job_id: int
+    units: list[int]
+    new_units: list[int]
+    already_queued: list[int] = field(default_factory=list)
+    flow_runs: list[str] = field(default_factory=list)  # dispatched through a deployment
+    results: list[UnitResult] = field(default_factory=list)  # run in-process
 
 
 @flow(name="prelabel-fanout")
-def prelabel_fanout_flow(
-    source: str,
-    unit_size: int = 256,
-    deployment_name: str | None = None,
-    limit: int | None = None,
-    classes: list[str] | None = None,
-    strategy: str = "everything",
-    model_id: str | None = None,
-    project: str = "maskloop",
-    batch_size: int = 32,
-    video_every: int = 1,
-    video_target_fps: float | None = None,
-    key_frame_interval: int = 30,
-    video_max_frames: int | None = None,
-    strategy_params: dict[str, Any] | None = None,
-    retry_failed: bool = False,
-    lease_ttl_s: float = 300.0,
-    heartbeat_s: float = 60.0,
-    gpu_limit: str | None = None,
-    settings: Settings | None = None,
-) -> dict[str, Any]:
-    """Shard the pending assets of ``source`` into units of ``unit_size`` and run one ``prelabel-unit`` per free
-    unit at or under ``source`` (new ones, and those whose holder's lease expired): through ``deployment_name``
+def prelabel_fanout_flow(params: FanoutParams, settings: Settings | None = None) -> FanoutResult:
+    """Shard the pending assets of ``params.source`` into units of ``unit_size`` and run one ``prelabel-unit`` per
+    free unit at or under the source (new ones, and those whose holder's lease expired): through ``deployment_name``
     (e.g. ``"prelabel-unit/prelabel-unit-gpu"``; returns once they are scheduled, leaving out units that already
     have a run of that deployment waiting to start) or in-process one after another when it is None (returns their
-    results). ``source`` may be a single object (``prelabel-on-upload``): it is then a unit of its own."""
+    results). The source may be a single object (``prelabel-on-upload``): it is then a unit of its own."""
     settings = settings or Settings()
     logger = get_run_logger()
-    options = {k: v for k, v in locals().items() if k in PIPELINE_DEFAULTS}
-    params = _params(source, options, settings)  # validate before any work
-    leases.LeaseConfig(ttl_s=lease_ttl_s, heartbeat_s=heartbeat_s)
-    catalog = Catalog(settings.resolved_database_url)
-    try:
+    source, resolved = params.source, params.with_model(settings.model_id)
+    with Services(settings) as services:
+        reconcile.at_run_start(services.catalog)  # runs a killed process left RUNNING -> CRASHED (flows/reconcile.py)
         # the job (project, model version, prompts) from the weight files: the dispatcher need not load the model
-        job = ops.open_job(catalog, None, params, *model_identity(params.model_id))
-        discover_assets(settings, source)
-        pending = ops.pending_of(catalog, job.id, source, limit, retry_failed=params.retry_failed)
-        new_units = leases.shard_pending(catalog, source, pending, unit_size, job_id=job.id)
-        units = leases.free_unit_ids(catalog, source, job_id=job.id)
-    finally:
-        catalog.dispose()
+        job = open_job(services, None, resolved, load_model=False)
+        discover_assets(services, source)
+        new_units, units = shard_units(services, job.id, params)
     logger.info("%s, job %d: %d new units, %d free units to run", source, job.id, len(new_units), len(units))
-    if deployment_name:
+    # a unit gets the fan-out's parameters as given (model_id unresolved: each worker resolves its own default)
+    unit_params = [UnitParams.model_validate({**params.model_dump(), "unit_id": unit}) for unit in units]
+    if params.deployment_name:
         from prefect.deployments import run_deployment
 
-        queued = _queued_units(deployment_name) & set(units)
+        queued = _queued_units(params.deployment_name) & set(units)
         if queued:
             logger.info("%d units already have a run waiting to start: not dispatched again", len(queued))
-            units = [u for u in units if u not in queued]
         runs = [
             run_deployment(
-                deployment_name,
-                parameters={"unit_id": unit, "source": source, **options},
+                params.deployment_name,
+                parameters={"params": unit.model_dump(mode="json")},
                 timeout=0,
                 as_subflow=False,
-                idempotency_key=f"prelabel-unit-{_flow_run_id()}-{unit}",
+                idempotency_key=f"prelabel-unit-{_flow_run_id()}-{unit.unit_id}",
             )
-            for unit in units
+            for unit in unit_params
+            if unit.unit_id not in queued
         ]
-        return {
-            "job_id": job.id,
-            "units": units,
-            "new_units": new_units,
-            "already_queued": sorted(queued),
-            "flow_runs": [str(r.id) for r in runs],  # type: ignore[union-attr]
-        }
-    results = [prelabel_unit_flow(unit, source, settings=settings, **options) for unit in units]
-    return {"job_id": job.id, "units": units, "new_units": new_units, "results": results}
+        return FanoutResult(
+            job.id,
+            [u for u in units if u not in queued],
+            new_units,
+            sorted(queued),
+            [str(r.id) for r in runs],  # type: ignore[union-attr]
+        )
+    results = [prelabel_unit_flow(unit, settings=settings) for unit in unit_params]
+    return FanoutResult(job.id, units, new_units, results=results)
 
 
 def _queued_units(deployment_name: str, page: int = 200) -> set[int]:
@@ -275,7 +193,13 @@ def _queued_units(deployment_name: str, page: int = 200) -> set[int]:
                 limit=page,
                 offset=offset,
             )
-            queued.update(int(r.parameters["unit_id"]) for r in runs if "unit_id" in r.parameters)
+            queued.update(_unit_of(r.parameters) for r in runs if _unit_of(r.parameters))
             if len(runs) < page:
                 return queued
             offset += page
+
+
+def _unit_of(parameters: dict[str, Any]) -> int:
+    """The work unit a ``prelabel-unit`` run's parameters name (0 when none)."""
+    params = parameters.get("params")
+    return int(params.get("unit_id") or 0) if isinstance(params, dict) else 0

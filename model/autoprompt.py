@@ -10,9 +10,8 @@ One entry point for the pipeline, :func:`auto_segment`, with three strategies:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,8 +21,7 @@ if TYPE_CHECKING:
     from model.detector import TextDetector
     from model.segmenter import Segmenter
 
-Strategy = Literal["everything", "text", "prior"]
-STRATEGIES = ("everything", "text", "prior")
+Strategy = str  # a name in model.strategies.STRATEGIES
 
 
 def auto_segment(
@@ -35,44 +33,24 @@ def auto_segment(
     detector: TextDetector | None = None,
     **params: Any,
 ) -> list[Instances]:
-    """One :class:`Instances` per image (empty, not an error, when nothing is found).
+    """One :class:`Instances` per image (empty, not an error, when nothing is found), by the strategy of that name in
+    :data:`model.strategies.STRATEGIES`.
 
     ``params`` by strategy — everything: fields of :class:`~model.everything.EverythingParams`
     (``points_per_side``, ``pred_iou_thresh``, ``crop_n_layers``, ``min_region_area`` ...); text:
     ``box_threshold`` (0.35), ``text_threshold`` (0.25), ``nms_thresh`` (0.5), ``multimask`` (False);
     prior: ``prompt`` ("box", "mask" or "box+mask"; default "box"), ``multimask`` (False).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    from model.strategies import StrategyInputs, strategy_spec
+
+    spec = strategy_spec(strategy)
     if not isinstance(images, (list, tuple)):
         raise ValueError(f"images must be a list of (H, W, 3) uint8 arrays, got {type(images).__name__}")
     if not images:
         return []
-    if strategy == "everything":
-        from model.everything import EverythingParams, segment_everything
-
-        allowed = {f.name for f in dataclasses.fields(EverythingParams)}
-        _reject_unknown(params, allowed, strategy)
-        return segment_everything(segmenter, list(images), EverythingParams(**params))
-    if strategy == "text":
-        _reject_unknown(
-            params, {"box_threshold", "text_threshold", "nms_thresh", "multimask", "prompt_batch"}, strategy
-        )
-        if not classes:
-            raise ValueError("strategy 'text' needs classes=[...] (one or more class names), got none")
-        if detector is None:
-            raise ValueError("strategy 'text' needs detector= (model.detector.TextDetector / model.cache.get_detector)")
-        return segment_text(segmenter, detector, list(images), list(classes), **params)
-    _reject_unknown(params, {"prompt", "multimask", "prompt_batch"}, strategy)
-    if priors is None:
-        raise ValueError("strategy 'prior' needs priors=[Instances per image] (see priors_from_coco for COCO files)")
-    return segment_priors(segmenter, list(images), list(priors), **params)
-
-
-def _reject_unknown(params: Mapping[str, Any], allowed: set[str], strategy: str) -> None:
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ValueError(f"strategy {strategy!r} does not take {unknown}; allowed: {sorted(allowed)}")
+    inputs = StrategyInputs(segmenter, tuple(classes or ()), detector, priors)
+    spec.check(inputs, params)
+    return spec.run(inputs, list(images), params)
 
 
 def segment_text(

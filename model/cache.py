@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from model.concept import ConceptSegmenter
     from model.detector import TextDetector
     from model.segmenter import Segmenter
 
 _LOCK = threading.Lock()
-_SEGMENTERS: dict[tuple[str, str, str, str], Segmenter] = {}
+_SEGMENTERS: dict[tuple[str, str, str, str], Segmenter | ConceptSegmenter] = {}
 _DETECTORS: dict[tuple[str, str], TextDetector] = {}
 
 
@@ -29,15 +30,18 @@ def get_segmenter(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     **kwargs: Any,
-) -> Segmenter:
-    """The cached :class:`Segmenter` for (model_id, device, dtype, kwargs), loading it on first use."""
-    from model.segmenter import Segmenter
+) -> Segmenter | ConceptSegmenter:
+    """The cached segmenter for (model_id, device, dtype, kwargs), loading it on first use through its family
+    (:func:`model.families.family_of`): a :class:`Segmenter` for SAM 2 / EdgeTAM, a
+    :class:`~model.concept.ConceptSegmenter` for SAM 3."""
+    from model.families import family_of
 
     key = (str(model_id), _key_part(device), _key_part(dtype), repr(sorted((k, repr(v)) for k, v in kwargs.items())))
     with _LOCK:
         segmenter = _SEGMENTERS.get(key)
         if segmenter is None:
-            segmenter = Segmenter.from_pretrained(model_id, device=device, dtype=dtype, **kwargs)
+            spec = family_of(model_id, cache_dir=kwargs.get("cache_dir"))
+            segmenter = spec.load(model_id, device=device, dtype=dtype, **kwargs)
             _SEGMENTERS[key] = segmenter
         return segmenter
 

@@ -1,5 +1,5 @@
-"""Architecture configs of the released SAM 2 / 2.1 image models (Hiera-T/S/B+/L), for Meta ``.pt`` checkpoints
-(which carry no config) and for random-weight benchmark runs at real size."""
+"""Architecture configs of the released SAM 2 / 2.1 image models (Hiera-T/S/B+/L), EdgeTAM and SAM 3: for Meta
+``.pt`` checkpoints (which carry no config) and for random-weight benchmark runs at real size."""
 
 from __future__ import annotations
 
@@ -54,3 +54,19 @@ def sam2_architecture_config(size: str) -> Sam2Config:
     dims = list(backbone.embed_dim_per_stage or [])
     vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=list(reversed(dims)))
     return Sam2Config(vision_config=vision)
+
+
+def edgetam_architecture_config() -> Any:
+    """The transformers ``EdgeTamConfig`` of the released EdgeTAM image model (RepViT-M1 through timm, 1024 px):
+    transformers' defaults are the released architecture."""
+    from transformers import EdgeTamConfig
+
+    return EdgeTamConfig()
+
+
+def sam3_architecture_config() -> Any:
+    """The transformers ``Sam3Config`` of the released SAM 3 image model (PE ViT-L/14 at 1008 px, 24-layer text
+    encoder, 6+6-layer DETR, 200 queries): transformers' defaults are the released architecture."""
+    from transformers import Sam3Config
+
+    return Sam3Config()

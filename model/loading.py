@@ -1,4 +1,5 @@
-"""Resolve and load SAM 2 weights: a transformers-format directory, a Meta ``.pt`` checkpoint, or a hub id.
+"""Resolve and load model weights of any family (:mod:`model.families`): a transformers-format directory, a Meta
+``.pt`` checkpoint (families that convert them), or a hub id.
 
 Every load records the checkpoint's sha256 for lineage. A hub id that is not in the local cache while the hub is
 unreachable (or offline mode is on) fails within seconds with :class:`ModelNotAvailableError` saying what to
@@ -82,11 +83,15 @@ def hub_reachable(timeout_s: float = 3.0) -> tuple[bool, str]:
 
 
 def _not_available(model_id: str, cache_dir: Path, reason: str) -> ModelNotAvailableError:
+    from model.families import family_by_name
+
+    family = family_by_name(model_id)
     return ModelNotAvailableError(
         f"model {model_id!r} is not in the local Hugging Face cache {cache_dir} and cannot be downloaded: {reason}. "
         f"On a machine with internet access run `hf download {model_id}` (or `huggingface-cli download {model_id}`) "
         f"and copy the resulting models--{model_id.replace('/', '--')} folder into {cache_dir}; or save the model "
-        f"with save_pretrained / download Meta's .pt checkpoint and pass that local path instead of the hub id."
+        f"with save_pretrained and pass that local path instead of the hub id. For {family.title} that is "
+        f"{family.download}."
     )
 
 

@@ -131,7 +131,8 @@ def _per_image(value: Any, n: int, name: str, single: bool) -> list[Any]:
 
 
 class Segmenter:
-    """A SAM 2 image model (transformers ``Sam2Model``) with maskloop's own pre/post-processing."""
+    """A SAM 2-family image model (transformers ``Sam2Model``, or ``EdgeTamModel``, a ``Sam2Model`` with a RepViT
+    image encoder) with maskloop's own pre/post-processing."""
 
     def __init__(
         self,
@@ -171,21 +172,34 @@ class Segmenter:
         local_files_only: bool | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         hub_timeout_s: float = 3.0,
+        family: str | None = None,
     ) -> Segmenter:
-        """Load from a hub id (``facebook/sam2.1-hiera-tiny`` ...), a transformers-format directory, or a Meta
-        ``.pt`` checkpoint (keys converted; ``config`` defaults to the Hiera size named in the file name)."""
-        from transformers import Sam2Model
-
+        """Load a prompt-family model (SAM 2 / 2.1, EdgeTAM; see :mod:`model.families`) from a hub id
+        (``facebook/sam2.1-hiera-tiny`` ...), a transformers-format directory, or a Meta ``.pt`` checkpoint (keys
+        converted; ``config`` defaults to the Hiera size named in the file name). ``family`` overrides detection."""
         from model.configs import hiera_size_from_name, sam2_architecture_config
         from model.convert import meta_to_hf_state_dict
+        from model.errors import ModelCapabilityError, ModelNotAvailableError
+        from model.families import family_of, get_family
         from model.loading import load_pretrained
 
         source = str(model_id_or_path)
+        spec = get_family(family) if family else family_of(source, cache_dir=cache_dir)
+        if "points" not in spec.supports:
+            raise ModelCapabilityError(
+                f"{source!r} is a {spec.title} checkpoint, which has no point/box prompt decoder (it supports "
+                f"{', '.join(sorted(spec.supports))}): use strategy 'concept', or load it with model.cache.get_segmenter"
+            )
+        if source.endswith((".pt", ".pth")) and not spec.meta_checkpoint:
+            raise ModelNotAvailableError(
+                f"{source}: maskloop does not convert {spec.title}'s .pt files; use {spec.download}"
+            )
+        spec.check_requirements(source)
         if config is None and source.endswith((".pt", ".pth")):
             size = hiera_size_from_name(os.path.basename(source))
             config = sam2_architecture_config(size) if size else None
         loaded = load_pretrained(
-            Sam2Model,
+            spec.model_class(),
             source,
             config=config,
             local_files_only=local_files_only,
@@ -193,7 +207,7 @@ class Segmenter:
             hub_timeout_s=hub_timeout_s,
             convert_state_dict=meta_to_hf_state_dict,
         )
-        logger.info("loaded SAM 2 %s", loaded.model_version)
+        logger.info("loaded %s %s", spec.title, loaded.model_version)
         return cls(
             loaded.model,
             model_id=loaded.model_id,

@@ -7,6 +7,12 @@ currently sees by mask IoU so an object keeps one id. Unmatched proposals that o
 mask re-prompt that track (same id); the rest start new tracks. Objects that leave and come back keep their id when
 SAM 2's memory recovers them (no new proposal is created for a visible, matched object). Re-acquisition by position
 is skipped on scene cuts.
+
+A checkpoint whose memory path is untrained (``trust_memory`` false, from its ``config.json``: see
+:class:`model.video_model.TrackingDefaults`) is tracked by detection instead: SAM 2's propagated masks would be
+noise, so every key frame's proposals (de-duplicated) are associated with the tracks by mask IoU against each
+track's last mask, also shifted by its last motion (:func:`associate`), and frames between key frames are left to
+Label Studio's interpolation. Such checkpoints declare a short key-frame interval (1 for ``shapes-tiny``).
 """
 
 from __future__ import annotations
@@ -23,12 +29,26 @@ from model.instances import Instances, Prompt
 from model.masks import mask_to_rle, masks_to_boxes
 from model.tracks import Track, TrackFrame, VideoTracks
 from model.video import iter_frames, probe_video
+from model.video_assoc import (  # mask_iou_matrix / greedy_match are re-exported: callers import them from here
+    associate,
+    centroid,
+    dedupe,
+    greedy_match,
+    link_by_position,
+    mask_iou_matrix,
+    mean_colour,
+    overlaps,
+    predict_mask,
+)
 from model.video_cuts import SceneCutDetector
 
 logger = logging.getLogger(__name__)
 
 Proposer = Callable[[np.ndarray, int], Instances]
 """Proposes objects on one key frame: ``(rgb (H, W, 3) uint8, source frame index) -> Instances``."""
+
+Refiner = Callable[[np.ndarray, np.ndarray], Instances]
+"""Segments given boxes on one frame: ``(rgb, (K, 4) xyxy boxes) -> Instances`` with one mask per box."""
 
 
 class ObjectFrameLike(Protocol):
@@ -47,40 +67,9 @@ class TrackingSession(Protocol):
 
 
 class VideoModel(Protocol):
-    model_id: str
+    model_id: str  # may also carry ``tracking`` (:class:`model.video_model.TrackingDefaults`)
 
     def new_session(self, height: int, width: int, prune: bool = True) -> TrackingSession: ...
-
-
-def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between every mask of ``a`` (N, H, W) and ``b`` (M, H, W); empty-vs-empty counts as 0."""
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"mask_iou_matrix: mask sizes differ, {a.shape[1:]} vs {b.shape[1:]}")
-    pixels = int(np.prod(a.shape[1:]))
-    fa = a.reshape(a.shape[0], pixels).astype(np.float32)
-    fb = b.reshape(b.shape[0], pixels).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-
-
-def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """Pairs (row, col) in decreasing IoU order, each row/col used once, IoU >= ``threshold``."""
-    pairs: list[tuple[int, int]] = []
-    if iou.size == 0:
-        return pairs
-    used_r: set[int] = set()
-    used_c: set[int] = set()
-    for flat in np.argsort(-iou, axis=None, kind="stable"):
-        r, c = divmod(int(flat), iou.shape[1])
-        if iou[r, c] < threshold:
-            break
-        if r in used_r or c in used_c:
-            continue
-        pairs.append((r, c))
-        used_r.add(r)
-        used_c.add(c)
-    return pairs
 
 
 def make_proposer(
@@ -125,19 +114,42 @@ def make_proposer(
     return propose
 
 
+@dataclass(frozen=True)
+class _Detection:
+    """A proposal recorded as a track frame (detection mode): present, scored by the proposer."""
+
+    mask: np.ndarray
+    score: float
+    presence: float = 1.0
+
+    @property
+    def visible(self) -> bool:
+        return bool(self.mask.any())
+
+
 @dataclass
 class _TrackState:
     label: str
     prompts: list[Prompt] = field(default_factory=list)
     frames: list[TrackFrame] = field(default_factory=list)
     last_mask: np.ndarray | None = None
+    last_step: int = -1  # key-frame number of the last sighting (detection mode)
+    velocity: tuple[float, float] = (0.0, 0.0)  # centroid pixels per key frame (detection mode)
+    colour: tuple[float, float, float] = (0.0, 0.0, 0.0)  # mean RGB of the last mask (detection mode)
 
 
 @dataclass(frozen=True)
 class TrackerParams:
     """Matching thresholds. ``match_iou``: a proposal is the same object as a visible track; ``reacquire_iou``: an
     unmatched proposal re-prompts a lost track whose last visible mask it overlaps; ``covered``: a proposal that
-    lies this much inside visible tracks is a part of them, not a new object."""
+    lies this much inside visible tracks is a part of them, not a new object.
+
+    ``trust_memory`` false tracks by detection (see the module doc): ``associate_iou`` is the least IoU of a
+    proposal with a track's last (or motion-shifted) mask, ``max_lost`` how many key frames a track may go unseen
+    and still be continued, ``dedupe_iou`` the IoU above which two proposals of one frame are one object; a track
+    seen within ``coast_frames`` key frames but left without a proposal is re-segmented from its predicted box (kept
+    when the refiner's score is >= ``coast_score``); an unmatched proposal joins a recent track whose predicted
+    centroid is within ``link_distance`` object sizes (similar area and colour)."""
 
     key_frame_interval: int = 30
     match_iou: float = 0.5
@@ -146,15 +158,24 @@ class TrackerParams:
     scene_cut_threshold: float = 0.5
     max_objects: int = 50
     min_area: int = 16
+    trust_memory: bool = True
+    associate_iou: float = 0.2
+    max_lost: int = 8
+    dedupe_iou: float = 0.5
+    coast_frames: int = 2
+    coast_score: float = 0.5
+    link_distance: float = 1.5
 
     def __post_init__(self) -> None:
         if self.key_frame_interval < 1:
             raise ValueError(f"key_frame_interval must be >= 1, got {self.key_frame_interval}")
-        for name in ("match_iou", "reacquire_iou", "covered"):
+        for name in ("match_iou", "reacquire_iou", "covered", "associate_iou", "dedupe_iou", "coast_score"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if self.max_lost < 0:
+            raise ValueError(f"max_lost must be >= 0, got {self.max_lost}")
 
 
 class MultiObjectTracker:
@@ -162,13 +183,15 @@ class MultiObjectTracker:
 
     def __init__(
         self,
-        session: TrackingSession,
+        session: TrackingSession | None,
         proposer: Proposer,
         params: TrackerParams,
         is_key: Callable[[int], bool] = lambda index: False,
+        refiner: Refiner | None = None,
     ) -> None:
         self.session = session
         self.proposer = proposer
+        self.refiner = refiner
         self.params = params
         self.is_key = is_key
         self.tracks: dict[int, _TrackState] = {}
@@ -178,6 +201,9 @@ class MultiObjectTracker:
         self._since_key = 0
 
     def add_frame(self, index: int, time_s: float, rgb: np.ndarray) -> None:
+        if self.session is None or not self.params.trust_memory:
+            self._add_detections(index, time_s, rgb)
+            return
         outs = dict(self.session.step(rgb))
         cut = self._cuts.update(rgb)
         first = not self.sampled
@@ -192,6 +218,127 @@ class MultiObjectTracker:
         for obj_id, out in outs.items():
             if out.visible:
                 self._record(obj_id, index, time_s, out)
+
+    def _add_detections(self, index: int, time_s: float, rgb: np.ndarray) -> None:
+        """Detection mode (see the module doc): only key frames are recorded. Proposals are matched to the tracks
+        by mask IoU (last or motion-shifted mask); a recent track left without a proposal is re-segmented from its
+        predicted box (``refiner``); proposals still unmatched join a recent track of similar size and colour close
+        to where it was heading, or start a new track."""
+        cut = self._cuts.update(rgb)
+        first = not self.sampled
+        self.sampled.append(index)
+        key = first or cut or self._since_key >= self.params.key_frame_interval or self.is_key(index)
+        self._since_key += 1
+        if not key:
+            return
+        if cut:
+            logger.info("scene cut at frame %d", index)
+        step = len(self.key_frames)  # detection mode counts time in key frames
+        self.key_frames.append(index)
+        self._since_key = 1
+        p = self.params
+        dets = self.proposer(rgb, index)
+        scores = np.asarray(dets.scores if dets.scores is not None else np.ones(len(dets)), np.float64)
+        big = [i for i in range(len(dets)) if int(dets.masks[i].sum()) >= p.min_area]
+        order = np.asarray(big, np.int64)[np.argsort(-scores[big], kind="stable")] if big else np.zeros(0, np.int64)
+        keep = dedupe(dets.masks, order, p.dedupe_iou, p.covered)
+        empty = np.zeros((0, *rgb.shape[:2]), bool)
+        masks = dets.masks[keep] if keep else empty
+        alive = [] if cut else [i for i, s in self.tracks.items() if step - s.last_step <= p.max_lost + 1]
+        states = [self.tracks[i] for i in alive]
+        last = np.stack([s.last_mask for s in states]) if states else empty  # type: ignore[misc]
+        predicted = (
+            np.stack([predict_mask(s.last_mask, s.velocity, step - s.last_step) for s in states]) if states else empty
+        )  # type: ignore[arg-type]
+        taken: dict[int, np.ndarray] = {}  # track id -> its mask on this frame
+        pairs = dict(associate(masks, last, predicted, p.associate_iou))
+        for k, j in pairs.items():
+            self._take(alive[j], step, index, time_s, rgb, masks[k], float(scores[keep[k]]), taken)
+        rest = [k for k in range(len(keep)) if k not in pairs and not overlaps(masks[k], list(taken.values()), p)]
+        free = [j for j, i in enumerate(alive) if i not in taken]
+        links = link_by_position(
+            [masks[k] for k in rest],
+            [predicted[j] for j in free],
+            [states[j].last_mask for j in free],  # type: ignore[misc]
+            rgb,
+            [states[j].colour for j in free],
+            p.link_distance,
+        )
+        for n, j in links:
+            k = rest[n]
+            self.tracks[alive[free[j]]].prompts.append(self._lineage(dets, keep[k], index))
+            self._take(alive[free[j]], step, index, time_s, rgb, masks[k], float(scores[keep[k]]), taken)
+        if self.refiner is not None:
+            self._coast(alive, predicted, step, index, time_s, rgb, taken)
+        linked = {n for n, _ in links}
+        for n, k in enumerate(rest):
+            if n in linked or overlaps(masks[k], list(taken.values()), p):
+                continue
+            if len(self.tracks) >= p.max_objects:
+                logger.warning("frame %d: max_objects=%d reached, proposal dropped", index, p.max_objects)
+                continue
+            obj_id = max(self.tracks, default=0) + 1
+            self.tracks[obj_id] = _TrackState(label=dets.labels[keep[k]], prompts=[self._lineage(dets, keep[k], index)])  # type: ignore[index]
+            self._take(obj_id, step, index, time_s, rgb, masks[k], float(scores[keep[k]]), taken)
+
+    @staticmethod
+    def _lineage(dets: Instances, r: int, index: int) -> Prompt:
+        prompt = dets.prompts[r]  # type: ignore[index]
+        return Prompt(prompt.kind, {**prompt.params, "frame_index": index}, prompt.model_id)
+
+    def _take(
+        self,
+        obj_id: int,
+        step: int,
+        index: int,
+        time_s: float,
+        rgb: np.ndarray,
+        mask: np.ndarray,
+        score: float,
+        taken: dict[int, np.ndarray],
+    ) -> None:
+        state = self.tracks[obj_id]
+        if state.last_mask is not None and step > state.last_step >= 0:
+            (x0, y0), (x1, y1) = centroid(state.last_mask), centroid(mask)
+            gap = step - state.last_step
+            state.velocity = ((x1 - x0) / gap, (y1 - y0) / gap)
+        self._record(obj_id, index, time_s, _Detection(mask, score))
+        state.last_step = step
+        state.colour = mean_colour(rgb, mask)
+        taken[obj_id] = mask
+
+    def _coast(
+        self,
+        alive: list[int],
+        predicted: np.ndarray,
+        step: int,
+        index: int,
+        time_s: float,
+        rgb: np.ndarray,
+        taken: dict[int, np.ndarray],
+    ) -> None:
+        """Re-segment recent tracks that no proposal matched from their predicted boxes; keep a mask only where it
+        is plausibly the same object (score, size, overlap with the prediction) and not another track's."""
+        p = self.params
+        todo = [
+            j
+            for j, i in enumerate(alive)
+            if i not in taken and step - self.tracks[i].last_step <= p.coast_frames and predicted[j].any()
+        ]
+        if not todo or self.refiner is None:
+            return
+        out = self.refiner(rgb, masks_to_boxes(predicted[todo]))
+        for n, j in enumerate(todo):
+            mask, score = out.masks[n], float(out.scores[n]) if out.scores is not None else 1.0
+            state = self.tracks[alive[j]]
+            area, last_area = int(mask.sum()), int(state.last_mask.sum())  # type: ignore[union-attr]
+            if score < p.coast_score or not (0.4 * last_area <= area <= 2.5 * last_area):
+                continue
+            if mask_iou_matrix(mask[None], predicted[j][None])[0, 0] < p.associate_iou:
+                continue
+            if overlaps(mask, list(taken.values()), p):
+                continue
+            self._take(alive[j], step, index, time_s, rgb, mask, score, taken)
 
     def _discover(
         self, index: int, rgb: np.ndarray, outs: Mapping[int, ObjectFrameLike], reacquire: bool = True
@@ -296,7 +443,8 @@ def track_video(
         strategy: the image auto-prompter used on key frames ("text", "everything", "prior", ...).
         priors: source frame index -> prior :class:`Instances`; frames with priors are key frames.
         every / target_fps: frame sampling (see :func:`model.video.iter_frames`).
-        key_frame_interval: sampled frames between periodic key frames (scene cuts add more).
+        key_frame_interval: sampled frames between periodic key frames (scene cuts add more); a checkpoint's
+            ``TrackingDefaults.max_key_frame_interval`` caps it (see :func:`default_params`).
         segmenter: the image :class:`model.segmenter.Segmenter` the auto-prompters run on.
         text_detector: the Grounding DINO :class:`model.detector.TextDetector` for strategy "text".
         autoprompt_params: extra keyword arguments of ``auto_segment`` for the strategy (e.g. ``points_per_side``).
@@ -307,11 +455,11 @@ def track_video(
     Raises:
         BadMediaError: the video cannot be decoded.
     """
-    params = params or TrackerParams(key_frame_interval=key_frame_interval)  # explicit params win
+    params = params or default_params(video_model, key_frame_interval)  # explicit params win
     info = probe_video(path)
     proposer = proposer or make_proposer(strategy, segmenter, classes, priors, text_detector, autoprompt_params)
     prior_frames = set(priors or {}) if strategy == "prior" else set()
-    session = video_model.new_session(info.height, info.width, prune=prune)
+    session = video_model.new_session(info.height, info.width, prune=prune) if params.trust_memory else None
     tracker = MultiObjectTracker(session, proposer, params, is_key=prior_frames.__contains__)
     for frame in iter_frames(path, every=every, target_fps=target_fps, max_frames=max_frames):
         tracker.add_frame(frame.index, frame.time_s, frame.rgb)
@@ -325,7 +473,22 @@ def track_video(
         "match_iou": params.match_iou,
         "reacquire_iou": params.reacquire_iou,
         "scene_cut_threshold": params.scene_cut_threshold,
+        "trust_memory": params.trust_memory,
         "source": str(path),
     }
     logger.info("tracked %d objects over %d frames of %s", len(tracker.tracks), len(tracker.sampled), path)
-    return tracker.result(info.height, info.width, info.fps, info.frame_count, video_model.model_id, lineage)
+    result = tracker.result(info.height, info.width, info.fps, info.frame_count, video_model.model_id, lineage)
+    result.duration_s = info.duration_s
+    return result
+
+
+def default_params(video_model: VideoModel, key_frame_interval: int = 30) -> TrackerParams:
+    """Tracker parameters for ``video_model``: its checkpoint's :class:`~model.video_model.TrackingDefaults` cap the
+    requested key-frame interval and say whether its memory can be trusted."""
+    defaults = getattr(video_model, "tracking", None)
+    interval, trust = key_frame_interval, True
+    if defaults is not None:
+        if defaults.max_key_frame_interval is not None:
+            interval = min(interval, defaults.max_key_frame_interval)
+        trust = defaults.trust_memory
+    return TrackerParams(key_frame_interval=interval, trust_memory=trust)

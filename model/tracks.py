@@ -9,8 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from model.instances import Prompt
-from model.masks import RLE
+from model.masks import RLE, rle_to_mask
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,9 @@ class Track:
 
 @dataclass
 class VideoTracks:
-    """All tracks of one video. ``height``/``width`` are the upright frame size; ``fps`` the source frame rate."""
+    """All tracks of one video. ``height``/``width`` are the upright frame size; ``fps`` the source frame rate;
+    ``duration_s`` the decoder's duration (0: unknown). Frame times (``TrackFrame.time_s``) are presentation times
+    from the start of the stream, so they stay right for variable-frame-rate files and sampled frames."""
 
     height: int
     width: int
@@ -63,6 +67,7 @@ class VideoTracks:
     model_id: str = ""
     key_frames: list[int] = field(default_factory=list)
     params: Mapping[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
@@ -88,6 +93,7 @@ def tracks_to_json(video: VideoTracks) -> dict[str, Any]:
         "height": video.height,
         "width": video.width,
         "fps": video.fps,
+        "duration_s": video.duration_s,
         "frame_count": video.frame_count,
         "sampled_frames": list(video.sampled_frames),
         "model_id": video.model_id,
@@ -133,6 +139,7 @@ def tracks_from_json(data: Mapping[str, Any]) -> VideoTracks:
         model_id=str(data.get("model_id", "")),
         key_frames=[int(i) for i in data.get("key_frames", [])],
         params=dict(data.get("params", {})),
+        duration_s=float(data.get("duration_s", 0.0)),
         tracks=[
             Track(
                 track_id=int(t["track_id"]),
@@ -153,3 +160,54 @@ def tracks_from_json(data: Mapping[str, Any]) -> VideoTracks:
             for t in data["tracks"]
         ],
     )
+
+
+@dataclass(frozen=True)
+class ObjectScore:
+    """How one ground-truth object was tracked: ``frames`` it is visible on, ``covered`` of them with a track mask at
+    IoU >= the threshold, ``j`` the mean IoU of its main track (the one covering it most) over all its frames (0 where
+    that track is absent), ``id_switches`` how often the covering track id changes between covered frames."""
+
+    frames: int
+    covered: int
+    j: float
+    id_switches: int
+    main_track: int | None
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.frames if self.frames else 1.0
+
+
+def score_tracks(video: VideoTracks, gt: Any, frame_indices: Sequence[int], iou: float = 0.5) -> list[ObjectScore]:
+    """Score ``video`` against ground truth ``gt`` (T, N, H, W) bool: object n's mask on source frame
+    ``frame_indices[t]``. Objects empty on every listed frame are skipped."""
+    masks = np.asarray(gt, bool)
+    if masks.ndim != 4 or masks.shape[0] != len(frame_indices):
+        raise ValueError(f"gt must be (T, N, H, W) with T = {len(frame_indices)} frames, got {masks.shape}")
+    by_frame: dict[int, list[tuple[int, Any]]] = {}
+    for track in video.tracks:
+        for f in track.frames:
+            by_frame.setdefault(f.frame_index, []).append((track.track_id, f))
+    scores = []
+    for n in range(masks.shape[1]):
+        ious: list[dict[int, float]] = []
+        for t, index in enumerate(frame_indices):
+            g = masks[t, n]
+            if not g.any():
+                continue
+            row = {}
+            for track_id, f in by_frame.get(index, []):
+                m = rle_to_mask(f.rle)
+                union = int((m | g).sum())
+                row[track_id] = int((m & g).sum()) / union if union else 0.0
+            ious.append(row)
+        if not ious:
+            continue
+        best = [max(row.items(), key=lambda kv: kv[1]) if row else (None, 0.0) for row in ious]
+        hits = [tid for tid, v in best if tid is not None and v >= iou]
+        main = max(set(hits), key=hits.count) if hits else None
+        j = sum(row.get(main, 0.0) for row in ious) / len(ious) if main is not None else 0.0
+        switches = sum(1 for a, b in zip(hits, hits[1:], strict=False) if a != b)
+        scores.append(ObjectScore(len(ious), len(hits), j, switches, main))
+    return scores

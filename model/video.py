@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -249,3 +250,40 @@ def iter_frames(
             raise BadMediaError(name, f"truncated: decoded {index + 1} of the {declared} frames the container declares")
     finally:
         container.close()
+
+
+def write_video(
+    path: str | Path,
+    frames: Any,
+    fps: int = 10,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    rotation: int = 0,
+    times_s: Any = None,
+) -> Path:
+    """Encode (H, W, 3) uint8 frames with PyAV. ``rotation`` sets the display matrix (counter-clockwise degrees, as
+    :attr:`av.VideoFrame.rotation` reads it back); ``times_s`` gives explicit presentation times (variable rate)."""
+    from fractions import Fraction
+
+    import av
+
+    path = Path(path)
+    frames = list(frames)
+    with av.open(str(path), mode="w") as container:
+        stream: Any = container.add_stream(codec, rate=fps)
+        h, w = (frames[0].shape[:2]) if frames else (16, 16)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if times_s is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if times_s is not None:
+                frame.pts = int(round(times_s[i] * 1000))
+                frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

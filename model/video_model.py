@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,45 @@ from model.video_session import ObjectFrame, Sam2VideoSession
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ObjectFrame", "Sam2Video", "Sam2VideoSession", "resolve_dtype", "video_config_from_image_config"]
+__all__ = [
+    "ObjectFrame",
+    "Sam2Video",
+    "Sam2VideoSession",
+    "TrackingDefaults",
+    "resolve_dtype",
+    "video_config_from_image_config",
+]
+
+TRACKING_KEY = "maskloop_video"
+"""The ``config.json`` key holding a checkpoint's :class:`TrackingDefaults` (its model card says why)."""
+
+
+@dataclass(frozen=True)
+class TrackingDefaults:
+    """How a checkpoint should be tracked (``config.json`` key :data:`TRACKING_KEY`; absent: SAM 2's defaults).
+
+    ``max_key_frame_interval`` caps the tracker's key-frame interval (sampled frames between re-proposals);
+    ``trust_memory`` false says the memory path is untrained, so the tracker follows objects by re-proposing on key
+    frames and matching the proposals to its tracks instead of reading SAM 2's propagated masks."""
+
+    max_key_frame_interval: int | None = None
+    trust_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_key_frame_interval is not None and self.max_key_frame_interval < 1:
+            raise ValueError(f"max_key_frame_interval must be >= 1, got {self.max_key_frame_interval}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], source: str = "config.json") -> TrackingDefaults:
+        raw = config.get(TRACKING_KEY) or {}
+        unknown = sorted(set(raw) - {"max_key_frame_interval", "trust_memory", "why"})
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown {TRACKING_KEY} keys {unknown}; expected max_key_frame_interval, trust_memory"
+            )
+        interval = raw.get("max_key_frame_interval")
+        return cls(None if interval is None else int(interval), bool(raw.get("trust_memory", True)))
+
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -83,11 +122,19 @@ def quiet_load_report(quiet: bool = True) -> Iterator[None]:
 class Sam2Video:
     """A loaded SAM 2 video model plus its run settings; :meth:`new_session` starts a streaming session."""
 
-    def __init__(self, model: Any, model_id: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        model: Any,
+        model_id: str,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        tracking: TrackingDefaults | None = None,
+    ) -> None:
         self.model = model.eval()
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
+        self.tracking = tracking or TrackingDefaults()
 
     @classmethod
     def from_config(
@@ -140,7 +187,8 @@ class Sam2Video:
             model: Any = Sam2VideoModel.from_pretrained(source, config=config, local_files_only=True)
         weights = [p for p in source.iterdir() if p.suffix in (".safetensors", ".bin")]
         sha = sha256_of_files(weights)[:8]
-        return cls(model.to(device=dev, dtype=dt), f"sam2_video:{source.name}@{sha}", str(dev), dt)
+        tracking = TrackingDefaults.from_config(json.loads((source / "config.json").read_text()), str(source))
+        return cls(model.to(device=dev, dtype=dt), f"sam2_video:{source.name}@{sha}", str(dev), dt, tracking)
 
     @classmethod
     def _from_meta_checkpoint(cls, source: Path, device: str, dtype: torch.dtype) -> Sam2Video:

@@ -1,7 +1,8 @@
 """How much people corrected: predicted vs final human instances, matched by mask IoU (Hungarian).
 
-Pure numpy/scipy. :func:`match_instances` gives one :class:`InstanceOutcome` per predicted instance and per
-human-added instance; :func:`summarize` aggregates outcomes per (model version, prompt strategy, class).
+Pure numpy/scipy; the matching itself is :func:`model.matching.match_masks`. :func:`match_instances` gives one
+:class:`InstanceOutcome` per predicted instance and per human-added instance; :func:`summarize` aggregates outcomes
+per (model version, prompt strategy, class).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from model.matching import iou_matrix as iou_matrix  # re-exported: the agreement's IoU is the matching's
+from model.matching import match_masks, stack_masks
 
 OUTCOMES = ("accepted", "modified", "relabelled", "deleted", "added")
 ACCEPT_IOU = 0.9  # accepted unchanged: IoU >= this and the same label
@@ -41,27 +45,6 @@ class InstanceOutcome:
     @property
     def label(self) -> str:
         return self.human_label if self.human_label is not None else str(self.pred_label)
-
-
-def _stack(masks: np.ndarray | Sequence[np.ndarray], name: str) -> np.ndarray:
-    arr = np.asarray(masks, dtype=bool)
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must be (N, H, W) masks, got shape {arr.shape}")
-    return arr
-
-
-def iou_matrix(pred: np.ndarray, human: np.ndarray) -> np.ndarray:
-    """(P, H) mask IoU; two empty masks have IoU 0 (nothing to agree on)."""
-    pred, human = _stack(pred, "pred"), _stack(human, "human")
-    if pred.shape[1:] != human.shape[1:] and pred.shape[0] and human.shape[0]:
-        raise ValueError(f"pred masks are {pred.shape[1:]}, human masks are {human.shape[1:]}: sizes must match")
-    if pred.shape[0] == 0 or human.shape[0] == 0:
-        return np.zeros((pred.shape[0], human.shape[0]), np.float64)
-    p = pred.reshape(pred.shape[0], -1).astype(np.float32)
-    h = human.reshape(human.shape[0], -1).astype(np.float32)
-    inter = p @ h.T
-    union = p.sum(1)[:, None] + h.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float64)
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:
@@ -117,9 +100,7 @@ def match_instances(
     A matched pair is ``accepted`` (IoU >= ``accept_iou``, same label), ``relabelled`` (label changed) or
     ``modified`` (same label, reshaped). Pairs with IoU < ``min_match_iou`` are not matches.
     """
-    from scipy.optimize import linear_sum_assignment
-
-    pred_masks, human_masks = _stack(pred_masks, "pred_masks"), _stack(human_masks, "human_masks")
+    pred_masks, human_masks = stack_masks(pred_masks, "pred_masks"), stack_masks(human_masks, "human_masks")
     if len(pred_labels) != pred_masks.shape[0] or len(human_labels) != human_masks.shape[0]:
         raise ValueError(
             f"labels must match masks: {len(pred_labels)} pred labels for {pred_masks.shape[0]} masks, "
@@ -127,11 +108,8 @@ def match_instances(
         )
     if not 0.0 < min_match_iou <= accept_iou <= 1.0:
         raise ValueError(f"need 0 < min_match_iou <= accept_iou <= 1, got {min_match_iou}, {accept_iou}")
-    ious = iou_matrix(pred_masks, human_masks)
-    pairs: dict[int, int] = {}
-    if ious.size:
-        rows, cols = linear_sum_assignment(ious, maximize=True)
-        pairs = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if ious[r, c] >= min_match_iou}
+    matching = match_masks(pred_masks, human_masks, min_iou=min_match_iou)
+    ious, pairs = matching.ious, matching.pairs
     out: list[InstanceOutcome] = []
     for p in range(pred_masks.shape[0]):
         h = pairs.get(p)

@@ -97,8 +97,9 @@ def shard_pending(
     """
     for _attempt in range(5):
         try:
-            with catalog.session() as session:
-                return _shard_once(session, source, asset_ids, unit_size, job_id)
+            return catalog.transaction(
+                lambda session: _shard_once(session, source, asset_ids, unit_size, job_id), f"shard {source}"
+            )
         except IntegrityError:
             log.info("another worker sharded some of these assets at the same time; retrying")
     raise RuntimeError(f"could not shard {len(asset_ids)} assets of {source} after 5 attempts (constant contention)")
@@ -135,8 +136,7 @@ def free_unit_ids(catalog: Catalog, source: str, now: datetime | None = None, *,
         .where(_free(now or utcnow()), WorkUnit.job_id == job_id, WorkUnit.source.startswith(source, autoescape=True))
         .order_by(WorkUnit.id)
     )
-    with catalog.session() as session:
-        return list(session.scalars(stmt))
+    return catalog.transaction(lambda session: list(session.scalars(stmt)), f"list the free work units of {source}")
 
 
 def claim(
@@ -156,7 +156,8 @@ def claim(
         raise ValueError("lease owner must be a non-empty string")
     now = now or utcnow()
     expires = now + timedelta(seconds=ttl_s)
-    with catalog.session() as session:
+
+    def take(session: Session) -> tuple[int, int, int, tuple[int, ...]] | None:
         if catalog.dialect == "postgresql":
             got = _claim_skip_locked(session, owner, expires, now, unit_id, source)
         else:
@@ -169,8 +170,15 @@ def claim(
                 select(WorkUnitAsset.asset_id).where(WorkUnitAsset.unit_id == got).order_by(WorkUnitAsset.asset_id)
             )
         )
+        return got, int(attempt or 0), int(job_id or 0), assets
+
+    # one transaction, re-run whole when SQLite reports the database locked or the connection is lost
+    taken = catalog.transaction(take, f"claim a work unit for {owner}")
+    if taken is None:
+        return None
+    got, attempt, job_id, assets = taken
     log.info("%s claimed work unit %d (%d assets, attempt %d)", owner, got, len(assets), attempt)
-    return Lease(got, owner, expires, assets, int(attempt or 0), int(job_id or 0))
+    return Lease(got, owner, expires, assets, attempt, job_id)
 
 
 def _candidates(now: datetime, unit_id: int | None, source: str | None):  # noqa: ANN202 - a Select
@@ -216,15 +224,8 @@ def renew(catalog: Catalog, lease: Lease, ttl_s: float, now: datetime | None = N
     """Extend a held lease to now + ``ttl_s``; None when the lease was lost (taken over, or the unit finished)."""
     now = now or utcnow()
     expires = now + timedelta(seconds=ttl_s)
-    with catalog.session() as session:
-        result = session.execute(
-            update(WorkUnit)
-            .where(WorkUnit.id == lease.unit_id, WorkUnit.lease_owner == lease.owner, WorkUnit.status == "pending")
-            .values(lease_expires_at=expires)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return None
+    if not _update_held(catalog, lease, "renew", lease_expires_at=expires):
+        return None
     return Lease(lease.unit_id, lease.owner, expires, lease.asset_ids, lease.attempt, lease.job_id)
 
 
@@ -232,26 +233,28 @@ def finish(catalog: Catalog, lease: Lease, status: str = "done") -> bool:
     """Mark the unit ``done`` or ``failed`` if ``lease`` still holds it; False when the lease was lost meanwhile."""
     if status not in ("done", "failed"):
         raise ValueError(f"status must be done or failed, got {status!r}")
-    with catalog.session() as session:
-        result = session.execute(
-            update(WorkUnit)
-            .where(WorkUnit.id == lease.unit_id, WorkUnit.lease_owner == lease.owner, WorkUnit.status == "pending")
-            .values(status=status, lease_expires_at=None, finished_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+    return _update_held(catalog, lease, "finish", status=status, lease_expires_at=None, finished_at=utcnow())
 
 
 def release(catalog: Catalog, lease: Lease) -> bool:
     """Give a held unit back unfinished (another worker may claim it at once)."""
-    with catalog.session() as session:
+    return _update_held(catalog, lease, "release", lease_owner=None, lease_expires_at=None)
+
+
+def _update_held(catalog: Catalog, lease: Lease, what: str, **values: object) -> bool:
+    """Set ``values`` on the unit if ``lease`` still holds it (one transaction, re-run whole on a lost connection
+    or a locked SQLite database); False when the lease was lost."""
+
+    def work(session: Session) -> bool:
         result = session.execute(
             update(WorkUnit)
             .where(WorkUnit.id == lease.unit_id, WorkUnit.lease_owner == lease.owner, WorkUnit.status == "pending")
-            .values(lease_owner=None, lease_expires_at=None)
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
+
+    return catalog.transaction(work, f"{what} the lease on work unit {lease.unit_id}")
 
 
 class Heartbeat:

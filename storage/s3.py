@@ -10,10 +10,8 @@ import functools
 import hashlib
 import logging
 import os
-import random
 import re
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from model.errors import MaskloopError
+from storage.retry import RetryPolicy, Transient, retry_after_s
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,20 +86,23 @@ def _shared_loader() -> Any:
 
 def make_client(settings: Settings, *, max_pool: int | None = None) -> Any:
     """A boto3 S3 client: path-style addressing, SigV4, checksums only when required (older S3-compatible servers).
-    Each call builds its own client (thread-safe, safe to close); the parsed service models are shared."""
+    Each call builds its own client (thread-safe, safe to close); the parsed service models are shared.
+
+    botocore's own retries are off: S3 calls are retried once, by :func:`with_retries` with the client's
+    :class:`~storage.retry.RetryPolicy` (``settings.s3_retry_*``), so retries never stack."""
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path"},
-        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=max_pool or max(10, settings.s3_max_concurrency),
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         connect_timeout=10,
-        read_timeout=60,
+        read_timeout=settings.s3_read_timeout_s,
     )
     key = settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None
     secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
-    return boto3.session.Session(botocore_session=_botocore_session()).client(
+    client = boto3.session.Session(botocore_session=_botocore_session()).client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
@@ -107,6 +110,17 @@ def make_client(settings: Settings, *, max_pool: int | None = None) -> Any:
         aws_secret_access_key=secret,
         config=config,
     )
+    client._maskloop_retry = RetryPolicy.for_s3(settings)  # read by policy_of: the callers pass only the client
+    return client
+
+
+_DEFAULT_POLICY = RetryPolicy("S3")
+
+
+def policy_of(client: Any) -> RetryPolicy:
+    """The retry policy :func:`make_client` gave ``client`` (the defaults for a client made elsewhere)."""
+    policy = getattr(client, "_maskloop_retry", None)
+    return policy if isinstance(policy, RetryPolicy) else _DEFAULT_POLICY
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -142,8 +156,12 @@ def list_objects(
     A key without a media extension is skipped, or, with ``sniff``, kept when ``sniff(key, etag, size)`` finds
     media in its content (see :func:`head_bytes` and :mod:`storage.sniff`)."""
     wanted = set(media)
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
+    token: str | None = None
+    while True:
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if token:
+            args["ContinuationToken"] = token
+        page = _listed_page(client, args)
         for item in page.get("Contents", []):
             key = item["Key"]
             if key.endswith("/"):
@@ -161,6 +179,28 @@ def list_objects(
                 last_modified=item.get("LastModified"),
                 media_type=kind,
             )
+        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        if not token:
+            return
+
+
+class S3UnavailableError(MaskloopError, ConnectionError):
+    """An S3 listing failed on transient errors (throttling, 5xx, no connection) within the retry bounds."""
+
+
+def _listed_page(client: Any, args: dict[str, Any]) -> Any:
+    where = f"s3://{args['Bucket']}/{args['Prefix']}"
+    try:
+        return with_retries(functools.partial(client.list_objects_v2, **args), f"list {where}", client)
+    except Exception as error:
+        if classify(error) is None:
+            raise
+        policy, endpoint = policy_of(client), getattr(getattr(client, "meta", None), "endpoint_url", "S3")
+        raise S3UnavailableError(
+            f"S3 at {endpoint} did not list {where} ({type(error).__name__}: {error}) within {policy.attempts} "
+            f"attempts / {policy.total_s:g} s (MASKLOOP_S3_RETRY_*): check the endpoint and its throttling, then "
+            "rerun the command (it lists again; nothing is recorded twice)"
+        ) from error
 
 
 def head_bytes(client: Any, bucket: str, key: str, count: int) -> bytes:
@@ -170,7 +210,7 @@ def head_bytes(client: Any, bucket: str, key: str, count: int) -> bytes:
         body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{count - 1}")["Body"]
         return bytes(body.read(count))
 
-    return bytes(with_retries(get, f"read the start of s3://{bucket}/{key}"))
+    return bytes(with_retries(get, f"read the start of s3://{bucket}/{key}", client))
 
 
 def cache_path(cache_dir: Path, bucket: str, key: str, etag: str) -> Path:
@@ -192,26 +232,28 @@ def cache_path(cache_dir: Path, bucket: str, key: str, etag: str) -> Path:
     return path
 
 
-def _is_retryable(error: Exception) -> bool:
+def classify(error: BaseException) -> Transient | None:
+    """S3's transient errors: 5xx/SlowDown/throttling answers (their ``Retry-After`` honoured), connection resets,
+    truncated bodies and timeouts. 4xx answers (missing, forbidden, precondition failed) are not."""
+    from botocore.exceptions import HTTPClientError, IncompleteReadError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
-        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        return code in _RETRYABLE_CODES or status in _RETRYABLE_CODES
-    return isinstance(error, (ConnectionError, TimeoutError, OSError))
+        meta = error.response.get("ResponseMetadata", {})
+        status = str(meta.get("HTTPStatusCode", ""))
+        if code in _RETRYABLE_CODES or status in _RETRYABLE_CODES:
+            return Transient(retry_after_s((meta.get("HTTPHeaders") or {}).get("retry-after")))
+        return None
+    if isinstance(error, (HTTPClientError, IncompleteReadError, Urllib3Error, ConnectionError, TimeoutError, OSError)):
+        return Transient()
+    return None
 
 
-def with_retries(fn: Callable[[], Any], what: str, attempts: int = 4, base_delay: float = 0.2) -> Any:
-    """Call ``fn`` with exponential backoff and jitter on transient errors; 4xx errors raise at once."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as error:  # noqa: BLE001 - re-raised unless transient
-            if attempt == attempts or not _is_retryable(error):
-                raise
-            delay = base_delay * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-            log.warning("%s failed (%s), retry %d/%d in %.2fs", what, error, attempt, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+def with_retries(fn: Callable[[], Any], what: str, client: Any = None) -> Any:
+    """``fn()`` (S3 calls on ``client``), retried on transient errors within the client's policy (attempts and
+    total time from ``settings.s3_retry_*``); 4xx errors raise at once. One log line per failure, not per try."""
+    return policy_of(client).call(fn, what, classify)
 
 
 def download(client: Any, obj: S3Object, cache_dir: Path) -> Path:
@@ -225,19 +267,27 @@ def download(client: Any, obj: S3Object, cache_dir: Path) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as handle:
+                # IfMatch: the listed revision's bytes or a 412 (PreconditionFailed), never a rewritten object's
+                # bytes under the old ETag, nor a mix of both across a retry or the ranged GETs of a large object
                 if obj.size <= _SINGLE_GET_MAX:  # one GET; s3transfer's HEAD + ranged GETs only pay off when large
-                    body = client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+                    body = client.get_object(Bucket=obj.bucket, Key=obj.key, **_if_match(obj.etag))["Body"]
                     for chunk in body.iter_chunks(1 << 20):
                         handle.write(chunk)
                 else:
-                    client.download_fileobj(obj.bucket, obj.key, handle)
+                    client.download_fileobj(obj.bucket, obj.key, handle, ExtraArgs=_if_match(obj.etag))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    with_retries(fetch, f"download {obj.uri}")
+    with_retries(fetch, f"download {obj.uri}", client)
     return path
+
+
+def _if_match(etag: str) -> dict[str, str]:
+    if not etag:
+        return {}
+    return {"IfMatch": etag if etag.startswith('"') else f'"{etag}"'}
 
 
 @dataclass(frozen=True)
@@ -263,6 +313,9 @@ def download_many(
             return DownloadResult(obj, download(client, obj, cache_dir), None)
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", "?"))
+            if code in ("PreconditionFailed", "412"):
+                why = f"{obj.uri} changed after it was listed (ETag no longer {obj.etag}); its new revision is the next"
+                return DownloadResult(obj, None, f"S3 error {code}: {why} discovery's", False)
             return DownloadResult(obj, None, f"S3 error {code} downloading {obj.uri}", code not in PERMANENT_S3_CODES)
         except Exception as error:  # noqa: BLE001 - recorded per object so the batch goes on
             return DownloadResult(obj, None, f"{type(error).__name__} downloading {obj.uri}: {error}", True)

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
+from model.errors import MaskloopError
 from storage.settings import Settings
 
 EVENT_NAME = "s3.object.created"
 
 
-class BadNotificationError(ValueError):
+class BadNotificationError(MaskloopError, ValueError):
     """A queue message that is not an S3/EventBridge notification maskloop understands."""
 
 

@@ -32,15 +32,49 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_max_concurrency: int = Field(default=16, ge=1, le=256)
-    s3_max_attempts: int = Field(default=5, ge=1, le=20)
+    s3_retry_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Calls per S3 request (GET, LIST, ...) on transient errors (5xx, SlowDown, resets, timeouts); "
+        "the one retry layer for S3 (storage/retry.py)",
+    )
+    s3_retry_total_s: float = Field(
+        default=30.0, ge=0.0, le=3600.0, description="Time one S3 request may take in all, its retries included"
+    )
+    s3_read_timeout_s: float = Field(
+        default=60.0, gt=0.0, le=3600.0, description="A stalled S3 response fails (and is retried) after this long"
+    )
     presign_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
 
     # SQL catalog
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file under data_dir")
+    catalog_retry_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Tries of one catalog unit of work when the database is unreachable, restarting or locked",
+    )
+    catalog_retry_total_s: float = Field(
+        default=60.0, ge=0.0, le=3600.0, description="Time one catalog unit of work may wait for the database in all"
+    )
 
     # Label Studio
     label_studio_url: str = "http://127.0.0.1:8080"
     label_studio_token: SecretStr | None = None
+    annotation_retry_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Calls per idempotent annotation-server (Label Studio) request on connection errors, 429 and "
+        "502/503/504 (Retry-After honoured)",
+    )
+    annotation_retry_total_s: float = Field(
+        default=90.0,
+        ge=0.0,
+        le=3600.0,
+        description="Time one annotation-server request may take in all, its retries included (covers a restart)",
+    )
 
     # Model
     model_id: str = "facebook/sam2.1-hiera-tiny"

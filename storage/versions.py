@@ -1,6 +1,6 @@
 """Immutable, content-addressed dataset versions of harvested annotations.
 
-A version freezes a Label Studio project's current accepted annotations: its manifest hash is the sha256 of the
+A version freezes an annotation project's current accepted annotations: its manifest hash is the sha256 of the
 canonical sorted ``[asset sha256, annotation hash]`` list, so creating a version from unchanged data returns the
 existing one. The COCO export and the manifest JSON go to S3 under content-addressed keys *before* the version row
 is committed (one transaction with its items); if the row is never committed they are deleted again
@@ -24,27 +24,30 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from model.errors import MaskloopError
 from model.overlay import PALETTE as _PALETTE  # the preview draws in the run reports' colours
 from storage.agreement import summarize
 from storage.catalog import (
     AgreementRow,
     Annotation,
+    AnnotationProject,
+    AnnotationTask,
     Asset,
     Catalog,
     DatasetVersion,
     DatasetVersionItem,
-    LabelStudioProject,
-    LabelStudioTask,
 )
 from storage.formats.coco import CocoSource, build_coco, validate_coco
-from storage.formats.export_layout import DATA_DIR, LABELS_FILE, MANIFEST_FILE, ExportResult, plan_export
+from storage.formats.export_layout import MANIFEST_FILE, ExportResult, plan_export
+from storage.formats.exporter import CocoItems, ExportSource
+from storage.formats.registry import exporter_for
 
 logger = logging.getLogger(__name__)
 
 MAX_NUMBER_RETRIES = 20
 
 
-class VersionNotFoundError(LookupError):
+class VersionNotFoundError(MaskloopError, LookupError):
     def __init__(self, ref: object) -> None:
         super().__init__(f"dataset version {ref!r} does not exist")
 
@@ -148,25 +151,41 @@ class CreateResult:
     created: bool  # False: the same data was already frozen as ``version``
     skipped: dict[str, str] = field(default_factory=dict)  # item key -> why it was left out
 
+    def summary(self) -> FrozenVersion:
+        v = self.version
+        return FrozenVersion(v.id, v.dataset, v.number, self.created, v.manifest_hash, dict(self.skipped))
+
+
+@dataclass(frozen=True)
+class FrozenVersion:
+    """What freezing a version gave, detached from the catalog session."""
+
+    version_id: int
+    dataset: str
+    number: int
+    created: bool  # False: the same data was already frozen
+    manifest_hash: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
 
 def _current_items(
-    catalog: Catalog, project: LabelStudioProject
-) -> tuple[list[tuple[Asset, LabelStudioTask, Annotation]], dict[str, str]]:
+    catalog: Catalog, project: AnnotationProject
+) -> tuple[list[tuple[Asset, AnnotationTask, Annotation]], dict[str, str]]:
     """Per task the final accepted annotation (latest update wins); items whose asset has no sha256 are skipped."""
     skipped: dict[str, str] = {}
     with catalog.session() as session:
         rows = session.execute(
-            select(Asset, LabelStudioTask, Annotation)
-            .join(LabelStudioTask, LabelStudioTask.asset_id == Asset.id)
-            .join(Annotation, Annotation.ls_task_row_id == LabelStudioTask.id)
-            .where(LabelStudioTask.project_id == project.id)
-            .order_by(LabelStudioTask.id, Annotation.id)
+            select(Asset, AnnotationTask, Annotation)
+            .join(AnnotationTask, AnnotationTask.asset_id == Asset.id)
+            .join(Annotation, Annotation.task_row_id == AnnotationTask.id)
+            .where(AnnotationTask.project_id == project.id)
+            .order_by(AnnotationTask.id, Annotation.id)
         ).all()
-    latest: dict[int, tuple[Asset, LabelStudioTask, Annotation]] = {}
+    latest: dict[int, tuple[Asset, AnnotationTask, Annotation]] = {}
     for asset, task, ann in rows:
         cur = latest.get(task.id)
-        stamp = (ann.ls_updated_at or ann.harvested_at).replace(tzinfo=None), ann.id
-        if cur is None or stamp > ((cur[2].ls_updated_at or cur[2].harvested_at).replace(tzinfo=None), cur[2].id):
+        stamp = (ann.external_updated_at or ann.harvested_at).replace(tzinfo=None), ann.id
+        if cur is None or stamp > ((cur[2].external_updated_at or cur[2].harvested_at).replace(tzinfo=None), cur[2].id):
             latest[task.id] = (asset, task, ann)
     out = []
     for asset, task, ann in latest.values():
@@ -183,7 +202,7 @@ def _current_items(
 def create_version(
     catalog: Catalog,
     s3: Any,
-    project: LabelStudioProject,
+    project: AnnotationProject,
     dest: str,
     *,
     dataset: str | None = None,
@@ -247,7 +266,12 @@ def create_version(
     manifest = {
         "dataset": dataset,
         "manifest_hash": digest,
-        "source_project": {"name": project.name, "ls_url": project.ls_url, "ls_project_id": project.ls_project_id},
+        "source_project": {
+            "name": project.name,
+            "backend": project.backend,
+            "backend_url": project.backend_url,
+            "external_project_id": project.external_project_id,
+        },
         "items": sorted(
             (
                 {"key": item_key(a, t.frame_index), "asset_sha256": a.sha256, "annotation_hash": ann.content_hash}
@@ -287,7 +311,7 @@ def create_version(
 
 def _insert(
     catalog: Catalog,
-    project: LabelStudioProject,
+    project: AnnotationProject,
     dataset: str,
     tag: str | None,
     digest: str,
@@ -296,7 +320,7 @@ def _insert(
     agreement: dict[str, Any],
     coco_uri: str,
     manifest_uri: str,
-    items: Sequence[tuple[Asset, LabelStudioTask, Annotation]],
+    items: Sequence[tuple[Asset, AnnotationTask, Annotation]],
 ) -> tuple[DatasetVersion, bool]:
     for _ in range(MAX_NUMBER_RETRIES):
         try:
@@ -455,42 +479,59 @@ def describe(version: DatasetVersion) -> list[str]:
 def export_version(
     catalog: Catalog, s3: Any, version_id: int, out_dir: Path, *, fmt: str = "coco", images: bool = False
 ) -> ExportResult:
-    """Write the version into ``out_dir`` in the layout of :mod:`storage.formats.export_layout`, which COCO readers
-    (pycocotools, FiftyOne's ``COCODetectionDataset``) open with only the directory given: ``labels.json`` (the
-    frozen COCO; each image's ``file_name`` is ``<asset id>_<object basename>`` relative to ``data/``, its S3 URI,
-    sha256 and asset id in ``maskloop_s3_uri``, ``maskloop_sha256``, ``maskloop_asset_id``) and ``manifest.json``
-    (the frozen manifest, each item with its ``file_name`` and ``asset_id``). ``images`` also downloads the image
-    assets to ``data/<file_name>`` and checks them against the version's sha256; video frames are not written.
+    """Write the version into ``out_dir`` in format ``fmt``, a name in :data:`storage.formats.registry.EXPORTERS`.
+
+    ``coco`` is the layout of :mod:`storage.formats.export_layout`, which COCO readers (pycocotools, FiftyOne's
+    ``COCODetectionDataset``) open with only the directory given: ``labels.json`` (the frozen COCO; each image's
+    ``file_name`` is ``<asset id>_<object basename>`` relative to ``data/``, its S3 URI, sha256 and asset id in
+    ``maskloop_s3_uri``, ``maskloop_sha256``, ``maskloop_asset_id``); ``yolo-seg`` is
+    :mod:`storage.formats.yolo_seg`. Every format gets ``manifest.json`` (the frozen manifest, each item with its
+    ``file_name`` and ``asset_id``). ``images`` also downloads the image assets to ``<images dir>/<file_name>``
+    (the format names the folder) and checks them against the version's sha256; video frames are not written.
     Returns what was written."""
-    if fmt != "coco":
-        raise ValueError(f"export format must be 'coco', got {fmt!r}")
+    exporter = exporter_for(fmt)
     version = get_version(catalog, version_id)
     if not version.coco_uri or not version.manifest_uri:
         raise ValueError(f"dataset version {version_id} has no stored export")
-    plan = plan_export(_get_json(s3, version.coco_uri), _get_json(s3, version.manifest_uri))
+    plan = plan_export(
+        _get_json(s3, version.coco_uri),
+        _get_json(s3, version.manifest_uri),
+        labels=exporter.labels,
+        images_dir=exporter.images_dir,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
+    images_dir = out_dir / exporter.images_dir
     written: list[Path] = []
     mismatches: list[str] = []
     size = 0
     if images:
         from storage.s3 import parse_s3_uri
 
-        (out_dir / DATA_DIR).mkdir(exist_ok=True)
+        images_dir.mkdir(exist_ok=True)
         for image in plan.images:
             bucket, key = parse_s3_uri(image.s3_uri)
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             if image.sha256 and hashlib.sha256(body).hexdigest() != image.sha256:
                 logger.warning("export: %s differs from the sha256 version %d froze", image.s3_uri, version_id)
                 mismatches.append(image.file_name)
-            target = out_dir / DATA_DIR / image.file_name
+            target = images_dir / image.file_name
             target.write_bytes(body)
             written.append(target)
             size += len(body)
-    labels, manifest = out_dir / LABELS_FILE, out_dir / MANIFEST_FILE
-    labels.write_text(json.dumps(plan.coco))
-    manifest.write_text(json.dumps(plan.manifest, indent=1))
+    classes = tuple(c["name"] for c in sorted(plan.coco.get("categories", []), key=lambda c: c["id"]))
+    files = exporter.write(ExportSource(classes, CocoItems(plan.coco), plan.coco), out_dir)
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(plan.manifest, indent=1))
     return ExportResult.of(
-        plan, version_id, out_dir, out_dir / DATA_DIR if images else None, tuple(written), size, tuple(mismatches)
+        plan,
+        version_id,
+        out_dir,
+        exporter.labels,
+        files,
+        exporter.images_dir,
+        images_dir if images else None,
+        tuple(written),
+        size,
+        tuple(mismatches),
     )
 
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from storage.catalog import Catalog
 from storage.catalog.assets import DiscoveryReport, content_sniffer, discover
-from storage.s3 import list_objects, make_client, parse_s3_uri
-from storage.settings import Settings
+from storage.s3 import list_objects, parse_s3_uri
+from storage.services import Services
 
 
-@task(name="discover-assets", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 4, 16], retry_jitter_factor=0.5)
-def discover_assets(settings: Settings, source: str) -> DiscoveryReport:
+@task(name="discover-assets", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=[2], retry_jitter_factor=0.5)
+def discover_assets(services: Services, source: str) -> DiscoveryReport:
     """List ``source`` (``s3://bucket/prefix``) and insert new asset revisions; returns the report (ids only)."""
     bucket, prefix = parse_s3_uri(source)
-    client, report = make_client(settings), DiscoveryReport()
-    with Catalog(settings.resolved_database_url) as catalog:
-        sniff = content_sniffer(catalog, client, bucket, report)
-        discover(catalog, list_objects(client, bucket, prefix, sniff=sniff), report=report)
+    report = DiscoveryReport()
+    sniff = content_sniffer(services.catalog, services.s3, bucket, report)
+    discover(services.catalog, list_objects(services.s3, bucket, prefix, sniff=sniff), report=report)
     get_run_logger().info(
         "%s: listed %d media objects (%d by content), %d new (%d new revisions), %d unchanged; %d not media",
         source,

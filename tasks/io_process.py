@@ -29,6 +29,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from model.errors import MaskloopError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -36,7 +38,7 @@ _HEADER = struct.Struct("!Q")
 READY = "ready"
 
 
-class IoProcessDied(RuntimeError):
+class IoProcessDied(MaskloopError, RuntimeError):
     """The helper process exited while a call was running in it (the Prefect task retries it in-thread)."""
 
 

@@ -19,6 +19,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from storage.services import Services
 from tasks.io_process import READY, read_frame, write_frame
 
 _RECORDS: contextvars.ContextVar[list[logging.LogRecord] | None] = contextvars.ContextVar("records", default=None)
@@ -73,6 +74,10 @@ def _serve(
     except BaseException as error:  # noqa: BLE001 - every failure goes back to the caller
         where = f"(raised in the I/O helper process {os.getpid()}:\n{traceback.format_exc().rstrip()})"
         answer = (call_id, False, (_portable(error), where), records)
+    finally:
+        for arg in args:  # connections reopened for this call (a Services unpickles as its settings)
+            if isinstance(arg, Services):
+                arg.close()
     write_frame(out, answer, lock)
 
 
@@ -90,7 +95,8 @@ def main() -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s (io helper) %(message)s"))
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     lock = threading.Lock()
-    import tasks.prelabel_ops  # noqa: F401 - import the stage code before saying ready
+    import storage.prelabel.fetch  # noqa: F401 - import the stage code before saying ready
+    import storage.prelabel.imports  # noqa: F401
 
     _capture_logs(handler)
     write_frame(out, READY, lock)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storage.params import PrelabelParams
+from storage.prelabel.predict import Predictor
 from storage.settings import Settings
 
 SHIPPED_MODELS = {"maskloop/shapes-tiny": Path(__file__).resolve().parent.parent / "model" / "weights" / "shapes-tiny"}
@@ -49,7 +51,9 @@ class Models:
 
     @property
     def detector(self) -> Any:
-        if self.strategy != "text":
+        from model.strategies import strategy_spec
+
+        if not strategy_spec(self.strategy).needs_detector:
             return None
         from model.cache import get_detector
 
@@ -60,3 +64,40 @@ class Models:
         from model.cache import get_video_model
 
         return get_video_model(resolve_model_id(self.model_id), device=str(self.segmenter.device))
+
+    def predictor(self, params: PrelabelParams) -> Predictor:
+        """The model as the predict stage sees it: ``params``' strategy on images, and on videos a tracker whose
+        key frames that strategy proposes."""
+        from model.autoprompt import auto_segment
+        from model.tracker import make_proposer, track_video
+
+        classes = list(params.classes) or None
+        extra: dict[str, Any] = dict(params.strategy_params)
+
+        def images(batch: list[Any]) -> list[Any]:
+            return auto_segment(
+                self.segmenter, batch, params.strategy, classes=classes, detector=self.detector, **extra
+            )
+
+        def video(path: Path) -> Any:
+            proposer = make_proposer(
+                params.strategy,
+                segmenter=self.segmenter,
+                classes=classes,
+                text_detector=self.detector,
+                autoprompt_params=extra,
+            )
+            return track_video(
+                self.video,
+                path,
+                params.strategy,
+                classes=classes,
+                every=params.video_every,
+                target_fps=params.video_target_fps,
+                key_frame_interval=params.key_frame_interval,
+                segmenter=self.segmenter,
+                proposer=proposer,
+                max_frames=params.video_max_frames,
+            )
+
+        return Predictor(images, video)

@@ -9,16 +9,19 @@ not take the GIL from the model thread; retries, states and logs stay with the t
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from storage.catalog import Catalog
-from storage.settings import Settings
-from tasks import prelabel_ops as ops
+from storage import leases
+from storage.params import FanoutParams, PrelabelParams
+from storage.prelabel import fetch, imports, plan, predict
+from storage.prelabel.plan import JobRef, StageReport
+from storage.services import Services
 from tasks.io_process import IoProcess
-from tasks.models import Models
+from tasks.models import Models, model_identity
 
 
 def is_transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -38,16 +41,16 @@ def is_transient(_task: Any, _task_run: Any, state: Any) -> bool:
 
 _IO_RETRIES: dict[str, Any] = {
     "retry_condition_fn": is_transient,
-    "retries": 3,
-    "retry_delay_seconds": [1, 4, 16],
+    "retries": 1,
+    "retry_delay_seconds": [2],
     "retry_jitter_factor": 0.5,
     "cache_policy": NO_CACHE,
 }
 
 
-def _timed(fn: Any, *args: Any) -> ops.StageReport:
+def _timed(fn: Any, *args: Any) -> StageReport:
     start = time.perf_counter()
-    report: ops.StageReport = fn(*args)
+    report: StageReport = fn(*args)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -57,11 +60,45 @@ def _in(io: IoProcess | None) -> Any:
     return io.call if io is not None else lambda fn, *args: fn(*args)
 
 
+@task(name="open-job", cache_policy=NO_CACHE)
+def open_job(services: Services, run_id: int | None, params: PrelabelParams, *, load_model: bool = True) -> JobRef:
+    """The pre-label job of ``params`` (project, model version, prompts), created when new. With ``load_model`` the
+    model is loaded (once per process; a checkpoint that is not here fails now, before any work) and its lineage
+    named; without, the dispatcher names it from the weight files alone."""
+    if load_model:
+        models = Models.load(services.settings, params.model_id, params.strategy)
+        identity = (str(models.segmenter.model_id), str(models.segmenter.checkpoint_sha256))
+    else:
+        identity = model_identity(params.model_id)
+    return plan.open_job(services.catalog, run_id, params, *identity)
+
+
+@task(name="plan-batches", cache_policy=NO_CACHE)
+def plan_batches(
+    services: Services, job_id: int, params: PrelabelParams, among: Sequence[int] | None = None
+) -> list[list[int]]:
+    """The job's pending assets under ``params.source`` in batches (videos alone): at most ``params.limit`` of
+    them, or those of a work unit's ``among``."""
+    limit = params.limit if among is None else None
+    todo = plan.pending_of(
+        services.catalog, job_id, params.source, limit, retry_failed=params.retry_failed, among=among
+    )
+    return plan.batches_of(services.catalog, todo, params.batch_size)
+
+
+@task(name="shard-units", cache_policy=NO_CACHE)
+def shard_units(services: Services, job_id: int, params: FanoutParams) -> tuple[list[int], list[int]]:
+    """Shard the job's pending assets under the source into work units: ``(new unit ids, free unit ids)`` (free: new,
+    or whose holder's lease expired)."""
+    catalog, source = services.catalog, params.source
+    pending = plan.pending_of(catalog, job_id, source, params.limit, retry_failed=params.retry_failed)
+    new_units = leases.shard_pending(catalog, source, pending, params.unit_size, job_id=job_id)
+    return new_units, leases.free_unit_ids(catalog, source, job_id=job_id)
+
+
 @task(name="fetch-batch", **_IO_RETRIES)
-def fetch_batch(
-    settings: Settings, catalog_url: str, run_id: int, asset_ids: list[int], io: IoProcess | None = None
-) -> ops.StageReport:
-    report = _timed(_in(io), ops.fetch_at, settings, catalog_url, run_id, asset_ids)
+def fetch_batch(services: Services, run_id: int, asset_ids: list[int], io: IoProcess | None = None) -> StageReport:
+    report = _timed(_in(io), fetch.fetch, services, run_id, asset_ids)
     get_run_logger().info("fetched %d assets (%d failed) in %.2fs", len(report.ok), len(report.failed), report.seconds)
     return report
 
@@ -70,16 +107,10 @@ def fetch_batch(
 # workers is capped by the global concurrency limit `gpu`, one slot held around each batch (flows.prelabel.gpu_slot).
 @task(name="segment-batch", cache_policy=NO_CACHE)
 def segment_batch(
-    settings: Settings,
-    catalog_url: str,
-    run_id: int,
-    asset_ids: list[int],
-    params: ops.PrelabelParams,
-    model_version: str,
-) -> ops.StageReport:
-    models = Models.load(settings, params.model_id, params.strategy)
-    with Catalog(catalog_url, migrate=False) as catalog:
-        report = _timed(ops.segment, settings, catalog, run_id, asset_ids, params, model_version, models)
+    services: Services, run_id: int, asset_ids: list[int], params: PrelabelParams, model_version: str
+) -> StageReport:
+    models = Models.load(services.settings, params.model_id, params.strategy)
+    report = _timed(predict.segment, services, run_id, asset_ids, model_version, models.predictor(params))
     get_run_logger().info(
         "segmented %d assets -> %d instances (%d failed, %d already done) in %.2fs",
         len(report.ok),
@@ -93,15 +124,14 @@ def segment_batch(
 
 @task(name="import-batch", **_IO_RETRIES)
 def import_batch(
-    settings: Settings,
-    catalog_url: str,
+    services: Services,
     run_id: int,
     asset_ids: list[int],
-    params: ops.PrelabelParams,
+    params: PrelabelParams,
     model_version: str,
     io: IoProcess | None = None,
-) -> ops.StageReport:
-    report = _timed(_in(io), ops.import_at, settings, catalog_url, run_id, asset_ids, params, model_version)
+) -> StageReport:
+    report = _timed(_in(io), imports.import_predictions, services, run_id, asset_ids, params, model_version)
     get_run_logger().info(
         "imported %d assets into Label Studio (%d new tasks) in %.2fs", len(report.ok), report.instances, report.seconds
     )

@@ -20,9 +20,36 @@ def test_deployment_entrypoint_is_a_flow_accepting_its_parameters(deployment: di
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
     flow = getattr(module, name)
     assert type(flow).__name__ == "Flow", f"{deployment['entrypoint']} is not a Prefect flow"
-    accepted = set(inspect.signature(flow.fn).parameters)
-    assert set(deployment.get("parameters", {})) <= accepted
+    signature = inspect.signature(flow.fn)
+    given = deployment.get("parameters", {})
+    assert set(given) <= set(signature.parameters)
+    model = _params_model(flow)
+    if model is not None and "params" in given:  # a flow with one parameters model: defaults are the model's
+        if {k for k, f in model.model_fields.items() if f.is_required()} <= set(given["params"]):
+            model.model_validate(given["params"])  # a complete parameter set is a valid one
+        assert set(given["params"]) <= set(model.model_fields), sorted(set(given["params"]) - set(model.model_fields))
+        restated = {k for k, v in given["params"].items() if model.model_fields[k].default == v}
+        assert not restated, f"{deployment['name']} restates the model's defaults: {sorted(restated)}"
     assert deployment["work_pool"]["name"]
+
+
+def _params_model(flow: object) -> type | None:
+    """The pydantic parameters model of a flow whose one parameter is ``params`` (None otherwise)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    hints = typing.get_type_hints(flow.fn)  # type: ignore[attr-defined]
+    model = hints.get("params")
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def test_trigger_parameters_are_a_whole_valid_params_model() -> None:
+    from storage.params import FanoutParams
+
+    (spec,) = BY_NAME["prelabel-on-upload"]["triggers"]
+    rendered = {**spec["parameters"]["params"], "source": "s3://maskloop/incoming/a.jpg"}
+    assert FanoutParams.model_validate(rendered).project == "maskloop"
 
 
 # -- schedules, triggers, limits ------------------------------------------------------------------------------------
@@ -48,8 +75,8 @@ def test_on_upload_deployment_is_triggered_by_s3_object_created_with_bucket_and_
     (spec,) = deployment["triggers"]
     trigger = DeploymentEventTrigger.model_validate(spec)
     assert trigger.expect == {"s3.object.created"}
-    assert trigger.parameters == {"source": "s3://{{ event.payload.bucket }}/{{ event.payload.key }}"}
-    assert "source" not in deployment["parameters"], "the trigger supplies the source"
+    assert trigger.parameters["params"]["source"] == "s3://{{ event.payload.bucket }}/{{ event.payload.key }}"
+    assert "parameters" not in deployment, "the trigger supplies the whole parameters model"
 
 
 @pytest.mark.parametrize("name", ["prelabel", "prelabel-on-upload", "harvest", "discover-every-15-min"])
@@ -60,7 +87,7 @@ def test_each_source_deployment_runs_one_at_a_time(name: str) -> None:
 def test_fanout_dispatches_to_the_unit_deployment_on_the_gpu_pool() -> None:
     unit = BY_NAME["prelabel-unit"]
     flow_name = "prelabel-unit"
-    assert BY_NAME["prelabel"]["parameters"]["deployment_name"] == f"{flow_name}/{unit['name']}"
+    assert BY_NAME["prelabel"]["parameters"]["params"]["deployment_name"] == f"{flow_name}/{unit['name']}"
     assert unit["work_pool"]["name"] == "maskloop-gpu"
 
 
@@ -73,8 +100,9 @@ def test_active_learning_runs_weekly_after_the_nightly_harvest_on_the_gpu_pool_o
     Cron(schedule["cron"], timezone=schedule["timezone"])  # parses
     assert deployment["work_pool"]["name"] == "maskloop-gpu"
     assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
-    assert deployment["parameters"]["gpu_limit"] == "gpu"
-    assert deployment["parameters"]["project"] == BY_NAME["harvest"]["parameters"]["project"]
+    assert deployment["parameters"]["params"]["gpu_limit"] == "gpu"
+    harvested = BY_NAME["harvest"]["parameters"]["params"]["project"]
+    assert deployment["parameters"].get("params", deployment["parameters"])["project"] == harvested
 
 
 # -- work pools -----------------------------------------------------------------------------------------------------

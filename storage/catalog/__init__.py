@@ -1,4 +1,4 @@
-"""The SQL catalog: assets, runs, predictions, Label Studio tasks, annotations, dataset versions."""
+"""The SQL catalog: assets, runs, predictions, annotation projects and tasks, annotations, dataset versions."""
 
 from storage.catalog.db import Catalog, make_engine, upgrade
 from storage.catalog.models import (
@@ -6,14 +6,14 @@ from storage.catalog.models import (
     ActiveLearningRound,
     AgreementRow,
     Annotation,
+    AnnotationProject,
+    AnnotationTask,
     Asset,
     AssetEmbedding,
     Base,
     DatasetVersion,
     DatasetVersionItem,
     JobAsset,
-    LabelStudioProject,
-    LabelStudioTask,
     ModelVersion,
     Prediction,
     PrelabelJob,
@@ -29,6 +29,8 @@ __all__ = [
     "ActiveLearningRound",
     "AgreementRow",
     "Annotation",
+    "AnnotationProject",
+    "AnnotationTask",
     "Asset",
     "AssetEmbedding",
     "Base",
@@ -36,8 +38,6 @@ __all__ = [
     "DatasetVersion",
     "DatasetVersionItem",
     "JobAsset",
-    "LabelStudioProject",
-    "LabelStudioTask",
     "ModelVersion",
     "Prediction",
     "PrelabelJob",

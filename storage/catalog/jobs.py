@@ -2,7 +2,7 @@
 
 A *job* is what one ``maskloop prelabel`` asks for: pre-label the current asset revisions under a source into one
 project with one model version and one prompt configuration (strategy, classes, strategy parameters, video
-sampling). Its ``model_version`` is the Label Studio ``model_version``: ``<model>@<sha8>/<strategy>``, with
+sampling). Its ``model_version`` is the annotation backend's ``model_version``: ``<model>@<sha8>/<strategy>``, with
 ``+<prompt hash>`` when the prompts differ from the strategy's defaults, so two prompt configurations of one model
 never share predictions. ``job_assets`` holds, per job, the asset revisions it covered (``done``) or could not
 (``failed``, with the stage, the reason and whether the failure is ``transient`` — I/O, servers, memory: the next run
@@ -120,7 +120,7 @@ def open_job(catalog: Catalog, spec: JobSpec, source: str) -> int:
 
 
 def project_model(catalog: Catalog, project: str) -> str | None:
-    """The model that last pre-labelled ``project`` (a job's project, or its Label Studio project ``<project>
+    """The model that last pre-labelled ``project`` (a job's project, or its annotation project ``<project>
     (images)`` / ``(videos)``), as it was asked for (hub id, directory or .pt); None when no job targeted it."""
     names = {project}
     for suffix in (" (images)", " (videos)"):
@@ -182,7 +182,7 @@ def pending_asset_ids(
 
 
 def mark_done(session: Session, job_id: int, run_id: int, asset_ids: Iterable[int]) -> None:
-    """Record that the job covered ``asset_ids`` (their Label Studio tasks carry its predictions)."""
+    """Record that the job covered ``asset_ids`` (their annotation tasks carry its predictions)."""
     _upsert(session, job_id, run_id, {a: None for a in asset_ids})
 
 

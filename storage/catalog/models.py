@@ -1,7 +1,7 @@
 """SQLAlchemy 2 typed models of the maskloop catalog.
 
 Uniqueness constraints carry idempotency: a rerun never inserts a second row for the same asset revision, the
-same (asset, Label Studio project, frame), the same annotation or the same dataset version number.
+same (asset, annotation project, frame), the same annotation or the same dataset version number.
 """
 
 from __future__ import annotations
@@ -183,56 +183,60 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class LabelStudioProject(Base):
-    __tablename__ = "label_studio_projects"
-    __table_args__ = (UniqueConstraint("ls_url", "name", name="uq_ls_projects_name"),)
+class AnnotationProject(Base):
+    """One project on one annotation backend (``backend``: a name in :data:`storage.annotation.registry.BACKENDS`,
+    at ``backend_url``), holding the tasks of one media kind; ``external_project_id`` is the backend's own id."""
+
+    __tablename__ = "annotation_projects"
+    __table_args__ = (UniqueConstraint("backend_url", "name", name="uq_annotation_projects_name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ls_url: Mapped[str] = mapped_column(String(512))
+    backend: Mapped[str] = mapped_column(String(32), default="label-studio", server_default="label-studio")
+    backend_url: Mapped[str] = mapped_column(String(512))
     name: Mapped[str] = mapped_column(String(255))
-    ls_project_id: Mapped[int] = mapped_column(Integer)
+    external_project_id: Mapped[int] = mapped_column(Integer)
     media_kind: Mapped[str] = mapped_column(String(16))
     classes: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    label_config: Mapped[str] = mapped_column(Text)
+    label_config: Mapped[str] = mapped_column(Text)  # the backend's labeling configuration (Label Studio: XML)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     harvested_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # incremental harvest cursor
 
 
-class LabelStudioTask(Base):
-    """Asset (or one key frame of a video asset) ↔ Label Studio task. Unique: never imported twice."""
+class AnnotationTask(Base):
+    """Asset (or one key frame of a video asset) ↔ the backend's task. Unique: never imported twice."""
 
-    __tablename__ = "label_studio_tasks"
+    __tablename__ = "annotation_tasks"
     __table_args__ = (
-        UniqueConstraint("asset_id", "project_id", "frame_index", name="uq_ls_tasks_asset"),
-        UniqueConstraint("project_id", "ls_task_id", name="uq_ls_tasks_task"),
+        UniqueConstraint("asset_id", "project_id", "frame_index", name="uq_annotation_tasks_asset"),
+        UniqueConstraint("project_id", "external_task_id", name="uq_annotation_tasks_task"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
-    project_id: Mapped[int] = mapped_column(ForeignKey("label_studio_projects.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
     frame_index: Mapped[int] = mapped_column(Integer, default=-1)
-    ls_task_id: Mapped[int] = mapped_column(Integer)
+    external_task_id: Mapped[int] = mapped_column(Integer)
     last_model_version: Mapped[str | None] = mapped_column(String(255))
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    project: Mapped[LabelStudioProject] = relationship()
+    project: Mapped[AnnotationProject] = relationship()
 
 
 class Annotation(Base):
-    """One human annotation harvested from Label Studio (final instances as records, like predictions)."""
+    """One human annotation harvested from the annotation backend (final instances as records, like predictions)."""
 
     __tablename__ = "annotations"
-    __table_args__ = (UniqueConstraint("ls_task_row_id", "ls_annotation_id", name="uq_annotations"),)
+    __table_args__ = (UniqueConstraint("task_row_id", "external_annotation_id", name="uq_annotations"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ls_task_row_id: Mapped[int] = mapped_column(ForeignKey("label_studio_tasks.id", ondelete="CASCADE"), index=True)
-    ls_annotation_id: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # accepted | skipped (LS skip/cancel) | invalid (see skip_reason)
+    task_row_id: Mapped[int] = mapped_column(ForeignKey("annotation_tasks.id", ondelete="CASCADE"), index=True)
+    external_annotation_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # accepted | skipped (skip/cancel) | invalid (see skip_reason)
     skip_reason: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[list[Any]] = mapped_column(JSON, default=list)  # raw LS result
+    result: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the backend's raw result
     instances: Mapped[list[Any]] = mapped_column(JSON, default=list)
     content_hash: Mapped[str] = mapped_column(String(64))
-    ls_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    external_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     harvested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -276,7 +280,7 @@ class DatasetVersion(Base):
     number: Mapped[int] = mapped_column(Integer)
     tag: Mapped[str | None] = mapped_column(String(255))
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
-    source_project_id: Mapped[int | None] = mapped_column(ForeignKey("label_studio_projects.id"))
+    source_project_id: Mapped[int | None] = mapped_column(ForeignKey("annotation_projects.id"))
     manifest_hash: Mapped[str] = mapped_column(String(64))
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     model_versions: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -369,7 +373,7 @@ class AssetEmbedding(Base):
 
 
 class ActiveLearningRound(Base):
-    """One round of the active-learning loop on one Label Studio project: what it trained, how old and new models
+    """One round of the active-learning loop on one annotation project: what it trained, how old and new models
     compared on held-out corrected items, whether the new model took over, and how the pool was re-scored.
 
     ``metrics`` holds every number of the round (sizes of the splits, old/new mean IoU and accepted-unchanged rate,
@@ -379,7 +383,7 @@ class ActiveLearningRound(Base):
     __table_args__ = (UniqueConstraint("project_id", "number", name="uq_al_rounds_number"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("label_studio_projects.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("annotation_projects.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     strategy: Mapped[str] = mapped_column(String(32))
@@ -397,7 +401,7 @@ class ActiveLearningRound(Base):
 
 class ActiveLearningItem(Base):
     """One still-unannotated task's score in one round: its confidence (and the signals behind it), the task score
-    written to Label Studio, its review rank and cluster, and whether the round chose it for review."""
+    written to the annotation backend, its review rank and cluster, and whether the round chose it for review."""
 
     __tablename__ = "al_round_items"
     __table_args__ = (UniqueConstraint("round_id", "asset_id", "frame_index", name="uq_al_round_items"),)
@@ -406,7 +410,7 @@ class ActiveLearningItem(Base):
     round_id: Mapped[int] = mapped_column(ForeignKey("al_rounds.id", ondelete="CASCADE"), index=True)
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
     frame_index: Mapped[int] = mapped_column(Integer, default=-1)
-    ls_task_id: Mapped[int | None] = mapped_column(Integer)
+    external_task_id: Mapped[int | None] = mapped_column(Integer)
     model_version: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float] = mapped_column(Float)
     task_score: Mapped[float] = mapped_column(Float)

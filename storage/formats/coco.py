@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from storage.formats.export_layout import DATA_DIR, LABELS_FILE
+from storage.formats.exporter import ExportedFile, ExportSource
 
 logger = logging.getLogger(__name__)
 
@@ -180,3 +185,20 @@ def validate_coco(data: Mapping[str, Any], *, area_tolerance: float = 0.02) -> A
                 f"COCO annotation {ann['id']}: mask is {mask.shape} and {'non-' if np.any(mask) else ''}empty for a {img['width']}x{img['height']} image"
             )
     return coco
+
+
+def write_coco(source: ExportSource, out_dir: Path) -> list[ExportedFile]:
+    """The exporter of the table's ``coco`` row: ``labels.json``, the version's frozen COCO as it was stored (RLE or
+    polygons, ``maskloop_*`` fields) but for the file names :func:`~storage.formats.export_layout.plan_export` gave
+    it. The frozen document is the version's own form, so it is written, not re-encoded from ``source.items``."""
+    if source.coco is None:
+        raise ValueError(f"the COCO exporter writes a version's frozen COCO, and none was given for {out_dir}")
+    (out_dir / LABELS_FILE).write_text(json.dumps(source.coco))
+    images, annotations, categories = (len(source.coco.get(k, [])) for k in ("images", "annotations", "categories"))
+    return [
+        ExportedFile(
+            LABELS_FILE,
+            f"COCO: {images} images, {annotations} annotations, {categories} categories "
+            f"(file_name relative to {DATA_DIR}/)",
+        )
+    ]

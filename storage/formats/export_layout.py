@@ -6,6 +6,9 @@ The layout is FiftyOne's COCO detection layout, which pycocotools and most COCO 
     DIR/manifest.json    the version's manifest; each item also names its ``file_name`` and asset id
     DIR/data/<asset id>_<object basename>    the image files (``versions export --images``)
 
+Other formats (:mod:`storage.formats.registry`) name their own label file and image folder; the manifest and the
+image file names are the same for all of them.
+
 The stored COCO names each image by its S3 URI; :func:`plan_export` rewrites that into a file name and keeps the
 URI, the asset's sha256 and its id as extra fields of the image record (``maskloop_s3_uri``, ``maskloop_sha256``,
 ``maskloop_asset_id``). The asset id prefix keeps names unique when two keys share a basename (and for two revisions
@@ -17,10 +20,13 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.formats.exporter import ExportedFile
 
 LABELS_FILE = "labels.json"
 MANIFEST_FILE = "manifest.json"
@@ -76,8 +82,11 @@ def _source_of(record: Mapping[str, Any]) -> tuple[str, int]:
     return name, -1
 
 
-def plan_export(coco: Mapping[str, Any], manifest: Mapping[str, Any]) -> ExportPlan:
-    """The export's COCO and manifest (the inputs stay untouched) and the image files to write.
+def plan_export(
+    coco: Mapping[str, Any], manifest: Mapping[str, Any], *, labels: str = LABELS_FILE, images_dir: str = DATA_DIR
+) -> ExportPlan:
+    """The export's COCO and manifest (the inputs stay untouched) and the image files to write. ``labels`` and
+    ``images_dir`` are the format's label file and image folder, named in the manifest's ``export`` entry.
 
     Raises ``ValueError`` for an image record without ``maskloop_asset_id`` or when two different assets would get
     the same file name.
@@ -108,8 +117,8 @@ def plan_export(coco: Mapping[str, Any], manifest: Mapping[str, Any]) -> ExportP
         if str(item["key"]) in named:
             item["file_name"], item["asset_id"] = named[str(item["key"])]
     new_manifest["export"] = {
-        "labels": LABELS_FILE,
-        "images_dir": f"{DATA_DIR}/",
+        "labels": labels,
+        "images_dir": f"{images_dir}/",
         "file_name": "relative to images_dir: <asset id>_<S3 object basename>; video frames <video>#frame=<n>, not written",
     }
     return ExportPlan(out, new_manifest, tuple(files.values()), frame_records)
@@ -121,18 +130,17 @@ class ExportResult:
 
     version_id: int
     out_dir: Path
-    labels: Path
+    labels: Path  # the file a reader of the format opens
     manifest: Path
     images_dir: Path | None  # None: images were not requested
     image_files: tuple[Path, ...]
     image_bytes: int
-    coco_images: int
-    annotations: int
-    categories: int
+    files: tuple[ExportedFile, ...]  # what the format's exporter wrote, in its words
     items: int
     image_records: int  # distinct image files the COCO names
     frame_records: int  # COCO images that are video frames (no file)
     sha256_mismatches: tuple[str, ...] = ()  # file names whose S3 bytes differ from the version's sha256
+    images_name: str = DATA_DIR  # the format's image folder, relative to out_dir
 
     @classmethod
     def of(
@@ -140,41 +148,42 @@ class ExportResult:
         plan: ExportPlan,
         version_id: int,
         out_dir: Path,
+        labels: str,
+        files: Sequence[ExportedFile],
+        images_name: str,
         images_dir: Path | None,
         image_files: tuple[Path, ...],
         image_bytes: int,
         sha256_mismatches: tuple[str, ...] = (),
     ) -> ExportResult:
-        """The result of writing ``plan`` into ``out_dir`` (and ``image_files`` into ``images_dir``)."""
+        """The result of writing ``plan`` into ``out_dir`` (the exporter's ``files``, ``labels`` the one a reader
+        opens; ``image_files`` into ``images_dir``, which is ``out_dir / images_name`` when images were written)."""
         return cls(
             version_id=version_id,
             out_dir=out_dir,
-            labels=out_dir / LABELS_FILE,
+            labels=out_dir / labels,
             manifest=out_dir / MANIFEST_FILE,
             images_dir=images_dir,
             image_files=image_files,
             image_bytes=image_bytes,
-            coco_images=len(plan.coco.get("images", [])),
-            annotations=len(plan.coco.get("annotations", [])),
-            categories=len(plan.coco.get("categories", [])),
+            files=tuple(files),
             items=len(plan.manifest.get("items", [])),
             image_records=len(plan.images),
             frame_records=plan.frame_records,
             sha256_mismatches=sha256_mismatches,
+            images_name=images_name,
         )
 
     def summary_lines(self) -> list[str]:
         """Every file written, for ``maskloop versions export``."""
-        lines = [
-            f"exported version {self.version_id} to {self.out_dir}",
-            f"  {LABELS_FILE:<15} COCO: {self.coco_images} images, {self.annotations} annotations, "
-            f"{self.categories} categories (file_name relative to {DATA_DIR}/)",
-            f"  {MANIFEST_FILE:<15} {self.items} items",
-        ]
+        lines = [f"exported version {self.version_id} to {self.out_dir}"]
+        lines.extend(f"  {f.name:<15} {f.summary}" for f in self.files)
+        lines.append(f"  {MANIFEST_FILE:<15} {self.items} items")
+        images = self.images_name + "/"
         if self.images_dir is None:
-            lines.append(f"  {DATA_DIR + '/':<15} not written: --images downloads the {self.image_records} image files")
+            lines.append(f"  {images:<15} not written: --images downloads the {self.image_records} image files")
         else:
-            lines.append(f"  {DATA_DIR + '/':<15} {len(self.image_files)} image files, {_size(self.image_bytes)}")
+            lines.append(f"  {images:<15} {len(self.image_files)} image files, {_size(self.image_bytes)}")
         if self.frame_records:
             lines.append(
                 f"  video frames    {self.frame_records} COCO images are video frames; their files are not written"

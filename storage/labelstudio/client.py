@@ -10,11 +10,17 @@ import functools
 import json
 import logging
 import ssl
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from storage.retry import RetryPolicy, Transient, retry_after_s
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
+
+from model.errors import MaskloopError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +34,7 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(MaskloopError, RuntimeError):
     """Label Studio answered with an error status; ``status`` and the response ``body`` are kept."""
 
     def __init__(self, method: str, path: str, status: int, body: str) -> None:
@@ -36,16 +42,37 @@ class LabelStudioError(RuntimeError):
         self.method, self.path = method, path
         self.status = status
         self.body = body
+        self.retry_after_s: float | None = None  # the server's Retry-After (429/503), when it sent one
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles whole (it crosses to the flow from the I/O helper process)
         return (type(self), (self.method, self.path, self.status, self.body), self.__dict__)
+
+
+class LabelStudioUnavailableError(MaskloopError, ConnectionError):
+    """Label Studio did not answer (refused, reset, timed out) within the retry bounds."""
+
+
+def classify(error: BaseException) -> Transient | None:
+    """Label Studio's transient failures: no connection (restarting, reset, timed out) and 429/502/503/504."""
+    if isinstance(error, httpx.TransportError):
+        return Transient()
+    if isinstance(error, LabelStudioError) and error.status in RETRY_STATUS:
+        return Transient(error.retry_after_s)
+    return None
 
 
 class LabelStudioClient:
     """``LabelStudioClient(url, token)``: projects, bulk task import, predictions, task listing."""
 
     def __init__(
-        self, url: str, token: str, *, timeout_s: float = 300.0, max_attempts: int = 5, backoff_s: float = 0.5
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout_s: float = 300.0,
+        max_attempts: int = 5,
+        backoff_s: float = 0.5,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"Label Studio url must start with http:// or https://, got {url!r}")
@@ -56,9 +83,17 @@ class LabelStudioClient:
         self.url = url.rstrip("/")
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        # the one retry layer of Label Studio calls (storage/retry.py); from_settings uses annotation_retry_*
+        self.retry = retry or RetryPolicy("Label Studio", max_attempts, 60.0, backoff_s)
         self._http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Token {token}"}, timeout=timeout_s, verify=_ssl_context()
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> LabelStudioClient:
+        """A client for ``settings.label_studio_url`` with the retry bounds ``settings.annotation_retry_*``."""
+        token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
+        return cls(settings.label_studio_url, token, retry=RetryPolicy.for_annotation(settings), **options)
 
     def __repr__(self) -> str:
         return f"LabelStudioClient({self.url!r})"
@@ -83,30 +118,32 @@ class LabelStudioClient:
         params: Mapping[str, Any] | None = None,
         retry: bool = True,
     ) -> Any:
-        """Send one request; retry connection errors and 429/5xx gateway statuses with exponential backoff.
+        """Send one request; connection errors and 429/502/503/504 answers are retried within ``self.retry``
+        (attempts and total time; ``Retry-After`` honoured), logged once per failure.
 
         ``retry=False`` for non-idempotent calls whose duplicate would be harmful when the first attempt may have
         been applied (the importer reconciles those itself).
         """
         headers = {"Content-Type": "application/json"} if content is not None else None
-        attempts = self.max_attempts if retry else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                resp = self._http.request(method, path, json=json_body, content=content, params=params, headers=headers)
-            except httpx.TransportError as exc:
-                if attempt == attempts:
-                    raise
-                logger.warning("Label Studio %s %s: %s; retry %d/%d", method, path, exc, attempt, attempts - 1)
-            else:
-                if resp.status_code < 400:
-                    return resp.json() if resp.content else None
-                if resp.status_code not in RETRY_STATUS or attempt == attempts:
-                    raise LabelStudioError(method, path, resp.status_code, resp.text)
-                logger.warning(
-                    "Label Studio %s %s: HTTP %d; retry %d/%d", method, path, resp.status_code, attempt, attempts - 1
-                )
-            time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")
+
+        def send() -> Any:
+            resp = self._http.request(method, path, json=json_body, content=content, params=params, headers=headers)
+            if resp.status_code < 400:
+                return resp.json() if resp.content else None
+            error = LabelStudioError(method, path, resp.status_code, resp.text)
+            error.retry_after_s = retry_after_s(resp.headers.get("Retry-After"))
+            raise error
+
+        if not retry:
+            return send()
+        try:
+            return self.retry.call(send, f"Label Studio {method} {path} at {self.url}", classify)
+        except httpx.TransportError as error:
+            raise LabelStudioUnavailableError(
+                f"Label Studio at {self.url} did not answer {method} {path} ({type(error).__name__}: {error}) within "
+                f"{self.retry.attempts} attempts / {self.retry.total_s:g} s: check that it runs (`maskloop stack "
+                "status`), then rerun the command; what was imported is kept and nothing is imported twice"
+            ) from error
 
     # -- projects ----------------------------------------------------------------------------------------------------
     def list_projects(self, title: str | None = None) -> list[dict[str, Any]]:

@@ -100,6 +100,7 @@ class LabelConfig:
     xml: str
     objects: Mapping[str, str]  # object tag name -> data key ("image" -> "image")
     controls: Mapping[str, ControlTag] = field(default_factory=dict)
+    framerates: Mapping[str, float] = field(default_factory=dict)  # <Video> name -> its framerate attribute
 
     @classmethod
     def parse(cls, xml: str) -> LabelConfig:
@@ -109,15 +110,18 @@ class LabelConfig:
             raise ValueError(f"label config is not valid XML: {exc}") from exc
         objects: dict[str, str] = {}
         controls: dict[str, ControlTag] = {}
+        framerates: dict[str, float] = {}
         for el in root.iter():
             if el.tag in _OBJECT_TAGS:
                 objects[el.attrib["name"]] = el.attrib.get("value", "").lstrip("$")
+                if el.tag == "Video" and "framerate" in el.attrib:
+                    framerates[el.attrib["name"]] = float(el.attrib["framerate"])
             elif el.tag in _LABEL_TAGS or el.tag == "VideoRectangle":
                 labels = frozenset(lab.attrib["value"] for lab in el.iter("Label"))
                 controls[el.attrib["name"]] = ControlTag(el.attrib["name"], el.tag, el.attrib.get("toName", ""), labels)
         if not objects:
             raise ValueError("label config has no <Image> or <Video> object tag")
-        return cls(xml=xml, objects=objects, controls=controls)
+        return cls(xml=xml, objects=objects, controls=controls, framerates=framerates)
 
     @property
     def data_key(self) -> str:

@@ -4,7 +4,7 @@
   config generated from the class list, uncertainty sampling (low prediction score first).
 * :func:`import_predictions` -- new assets become tasks with their prediction inline (bulk ``/import`` in batches
   sized by payload); assets already imported get the new model version's prediction added (never a new task, so
-  human annotations are never lost). The catalog's ``label_studio_tasks`` rows decide what exists. A crash between
+  human annotations are never lost). The catalog's ``annotation_tasks`` rows decide what exists. A crash between
   a POST and the catalog commit leaves tasks that the catalog does not know: before posting, when Label Studio has
   more tasks than the catalog, the project's tasks are listed and matched on ``data.maskloop_asset_id`` /
   ``data.maskloop_frame_index``, so a rerun never duplicates them.
@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,7 +23,8 @@ from sqlalchemy import select
 
 from model.instances import Instances
 from model.tracks import VideoTracks
-from storage.catalog import Catalog, LabelStudioProject, LabelStudioTask
+from storage.annotation.items import ImportItem, ImportReport
+from storage.catalog import AnnotationProject, AnnotationTask, Catalog
 from storage.labelstudio.client import LabelStudioClient, LabelStudioError
 from storage.labelstudio.config import MEDIA_KINDS, LabelConfig, label_config_for
 from storage.labelstudio.convert import instances_to_results
@@ -35,56 +35,7 @@ ASSET_KEY, FRAME_KEY, VERSION_KEY = "maskloop_asset_id", "maskloop_frame_index",
 DEFAULT_MAX_BATCH_BYTES = 48 * 2**20  # Label Studio fails a POST over ~250 MiB with HTTP 500
 DEFAULT_MAX_BATCH_TASKS = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
-
-
-def model_version_string(
-    model_id: str, checkpoint_sha: str, prompt_strategy: str, prompt_hash: str | None = None
-) -> str:
-    """``<model id>@<checkpoint short sha>/<prompt strategy>``: the Label Studio ``model_version`` of a run; with
-    ``+<prompt hash>`` when the prompts differ from the strategy's defaults (:func:`storage.catalog.jobs.prompt_hash`)."""
-    parts = {"model_id": model_id, "checkpoint_sha": checkpoint_sha, "prompt_strategy": prompt_strategy}
-    empty = [k for k, v in parts.items() if not v]
-    if empty:
-        raise ValueError(f"model_version_string needs non-empty {empty}")
-    version = f"{model_id}@{checkpoint_sha[:8]}/{prompt_strategy}"
-    return f"{version}+{prompt_hash}" if prompt_hash else version
-
-
-@dataclass(frozen=True)
-class ImportItem:
-    """One task's worth of pre-labels: ``results`` are :class:`Instances` (image projects), :class:`VideoTracks`
-    (video projects: ``videorectangle`` tracks) or ready Label Studio result dicts (any project). ``task_score`` is the uncertainty used for active learning
-    (Label Studio serves low scores first); ``frame_index`` -1 means the whole asset."""
-
-    asset_id: int
-    media_url: str
-    results: Instances | VideoTracks | Sequence[Mapping[str, Any]]
-    model_version: str
-    task_score: float | None = None
-    frame_index: int = -1
-
-    def __post_init__(self) -> None:
-        if not self.media_url:
-            raise ValueError(f"ImportItem for asset {self.asset_id}: media_url must be non-empty")
-        if not self.model_version:
-            raise ValueError(f"ImportItem for asset {self.asset_id}: model_version must be non-empty")
-        if self.frame_index < -1:
-            raise ValueError(f"ImportItem for asset {self.asset_id}: frame_index must be >= -1, got {self.frame_index}")
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.asset_id, self.frame_index)
-
-
-@dataclass(frozen=True)
-class ImportReport:
-    created: int = 0  # new tasks
-    skipped: int = 0  # task already has this model version
-    refreshed: int = 0  # existing task got the new model version's prediction
-    kept: int = 0  # existing task a person has already annotated: left as it is (``keep_touched``)
-    reconciled: int = 0  # tasks found in Label Studio that the catalog had lost (crash between POST and commit)
-    batches: int = 0
-    restored: int = 0  # new tasks whose prediction Label Studio dropped, added again
+BACKEND_NAME = "label-studio"  # AnnotationProject.backend of the projects made here
 
 
 # -- projects ------------------------------------------------------------------------------------------------------
@@ -95,7 +46,7 @@ def ensure_project(
     media_kind: str,
     classes: Sequence[str],
     **config_options: Any,
-) -> LabelStudioProject:
+) -> AnnotationProject:
     """The catalog's project row for (server, ``name``), creating the Label Studio project when missing.
 
     ``config_options`` go to the config generator (images: ``brush``, ``polygons``, ``rectangles``; videos:
@@ -106,13 +57,17 @@ def ensure_project(
     label_config = label_config_for(media_kind, classes, **config_options)
     with catalog.session() as session:
         row = session.scalar(
-            select(LabelStudioProject).where(LabelStudioProject.ls_url == client.url, LabelStudioProject.name == name)
+            select(AnnotationProject).where(
+                AnnotationProject.backend == BACKEND_NAME,
+                AnnotationProject.backend_url == client.url,
+                AnnotationProject.name == name,
+            )
         )
         if row is not None:
             if row.media_kind != media_kind:
                 raise ValueError(f"Label Studio project {name!r} holds {row.media_kind} tasks, asked for {media_kind}")
             if row.label_config != label_config:
-                client.update_project(row.ls_project_id, label_config=label_config)
+                client.update_project(row.external_project_id, label_config=label_config)
                 row.label_config, row.classes = label_config, list(classes)
             return row
         existing = client.list_projects(title=name)  # created by a run that crashed before its commit
@@ -129,10 +84,11 @@ def ensure_project(
                 sampling=UNCERTAINTY_SAMPLING,
                 show_collab_predictions=True,
             )
-        row = LabelStudioProject(
-            ls_url=client.url,
+        row = AnnotationProject(
+            backend=BACKEND_NAME,
+            backend_url=client.url,
             name=name,
-            ls_project_id=int(ls_project["id"]),
+            external_project_id=int(ls_project["id"]),
             media_kind=media_kind,
             classes=list(classes),
             label_config=label_config,
@@ -214,46 +170,46 @@ def _batches(blobs: Sequence[bytes], max_bytes: int, max_tasks: int) -> list[lis
     return batches
 
 
-def _known_tasks(catalog: Catalog, project: LabelStudioProject) -> dict[tuple[int, int], tuple[int, str | None]]:
+def _known_tasks(catalog: Catalog, project: AnnotationProject) -> dict[tuple[int, int], tuple[int, str | None]]:
     with catalog.session() as session:
         rows = session.execute(
             select(
-                LabelStudioTask.asset_id,
-                LabelStudioTask.frame_index,
-                LabelStudioTask.ls_task_id,
-                LabelStudioTask.last_model_version,
-            ).where(LabelStudioTask.project_id == project.id)
+                AnnotationTask.asset_id,
+                AnnotationTask.frame_index,
+                AnnotationTask.external_task_id,
+                AnnotationTask.last_model_version,
+            ).where(AnnotationTask.project_id == project.id)
         ).all()
     return {(a, f): (t, v) for a, f, t, v in rows}
 
 
 def _record_tasks(
-    catalog: Catalog, project: LabelStudioProject, rows: Iterable[tuple[tuple[int, int], int, str]]
+    catalog: Catalog, project: AnnotationProject, rows: Iterable[tuple[tuple[int, int], int, str]]
 ) -> None:
     with catalog.session() as session:
         session.add_all(
-            LabelStudioTask(asset_id=a, frame_index=f, project_id=project.id, ls_task_id=t, last_model_version=v)
+            AnnotationTask(asset_id=a, frame_index=f, project_id=project.id, external_task_id=t, last_model_version=v)
             for (a, f), t, v in rows
         )
 
 
-def _set_versions(catalog: Catalog, project: LabelStudioProject, updates: Mapping[tuple[int, int], str]) -> None:
+def _set_versions(catalog: Catalog, project: AnnotationProject, updates: Mapping[tuple[int, int], str]) -> None:
     if not updates:
         return
     with catalog.session() as session:
-        rows = session.scalars(select(LabelStudioTask).where(LabelStudioTask.project_id == project.id)).all()
+        rows = session.scalars(select(AnnotationTask).where(AnnotationTask.project_id == project.id)).all()
         for row in rows:
             version = updates.get((row.asset_id, row.frame_index))
             if version is not None:
                 row.last_model_version = version
 
 
-def reconcile(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject) -> int:
+def reconcile(client: LabelStudioClient, catalog: Catalog, project: AnnotationProject) -> int:
     """Record in the catalog every maskloop task Label Studio has but the catalog lacks; returns how many."""
     known = _known_tasks(catalog, project)
     known_ids = {t for t, _ in known.values()}
     found: list[tuple[tuple[int, int], int, str]] = []
-    for task in client.iter_tasks(project.ls_project_id):
+    for task in client.iter_tasks(project.external_project_id):
         data = task.get("data") or {}
         if task["id"] in known_ids or ASSET_KEY not in data:
             continue
@@ -275,15 +231,15 @@ def reconcile(client: LabelStudioClient, catalog: Catalog, project: LabelStudioP
     return len(found)
 
 
-def _catalog_behind(client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject) -> bool:
-    ls_count = int(client.get_project(project.ls_project_id).get("task_number") or 0)
+def _catalog_behind(client: LabelStudioClient, catalog: Catalog, project: AnnotationProject) -> bool:
+    ls_count = int(client.get_project(project.external_project_id).get("task_number") or 0)
     return ls_count > len(_known_tasks(catalog, project))
 
 
 def _post_batch(
     client: LabelStudioClient,
     catalog: Catalog,
-    project: LabelStudioProject,
+    project: AnnotationProject,
     body: bytes,
     attempts: int,
     backoff_s: float,
@@ -292,7 +248,7 @@ def _post_batch(
     wait and return None so the caller reconciles and re-sends."""
     for attempt in range(1, attempts + 1):
         try:
-            return client.import_tasks_counted(project.ls_project_id, body)
+            return client.import_tasks_counted(project.external_project_id, body)
         except (httpx.TransportError, LabelStudioError) as exc:
             if isinstance(exc, LabelStudioError) and exc.status < 500 and exc.status != 429:
                 raise
@@ -308,7 +264,7 @@ def _post_batch(
 def import_predictions(
     client: LabelStudioClient,
     catalog: Catalog,
-    project: LabelStudioProject,
+    project: AnnotationProject,
     items: Iterable[ImportItem | Sequence[Any]],
     *,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
@@ -377,14 +333,14 @@ def import_predictions(
     kept = 0
     if keep_touched and old_idx:
         known = _known_tasks(catalog, project)
-        touched = client.touched_task_ids(project.ls_project_id, [known[todo[i].key][0] for i in old_idx])
+        touched = client.touched_task_ids(project.external_project_id, [known[todo[i].key][0] for i in old_idx])
         kept = sum(1 for i in old_idx if known[todo[i].key][0] in touched)
         old_idx = [i for i in old_idx if known[todo[i].key][0] not in touched]
     refreshed = _refresh(
         client, catalog, project, [todo[i] for i in old_idx], [results[i] for i in old_idx], max_batch_tasks
     )
     if set_project_version and created + refreshed + skipped:  # Label Studio refuses a version it has no prediction of
-        client.update_project(project.ls_project_id, model_version=todo[-1].model_version)
+        client.update_project(project.external_project_id, model_version=todo[-1].model_version)
     report = ImportReport(
         created=created,
         skipped=skipped,
@@ -400,7 +356,7 @@ def import_predictions(
 
 def _restore_predictions(
     client: LabelStudioClient,
-    project: LabelStudioProject,
+    project: AnnotationProject,
     made: Sequence[tuple[int, ImportItem, list[dict[str, Any]]]],
 ) -> int:
     """Add the prediction of each new task that Label Studio created without it; returns how many.
@@ -418,7 +374,7 @@ def _restore_predictions(
         [tid for tid, _, _ in missing],
     )
     client.import_predictions(
-        project.ls_project_id, [{"task": tid, **_prediction(item, res)} for tid, item, res in missing]
+        project.external_project_id, [{"task": tid, **_prediction(item, res)} for tid, item, res in missing]
     )
     still = [tid for tid, _, _ in missing if not client.list_predictions(tid)]
     if still:
@@ -429,7 +385,7 @@ def _restore_predictions(
 def _refresh(
     client: LabelStudioClient,
     catalog: Catalog,
-    project: LabelStudioProject,
+    project: AnnotationProject,
     items: Sequence[ImportItem],
     results: Sequence[list[dict[str, Any]]],
     batch_size: int,
@@ -442,14 +398,14 @@ def _refresh(
     for start in range(0, len(items), batch_size):
         chunk = range(start, min(start + batch_size, len(items)))
         preds = [{"task": known[items[i].key][0], **_prediction(items[i], results[i])} for i in chunk]
-        client.import_predictions(project.ls_project_id, preds)
+        client.import_predictions(project.external_project_id, preds)
         _set_versions(catalog, project, {items[i].key: items[i].model_version for i in chunk})
         done += len(preds)
     return done
 
 
 def refresh_media_urls(
-    client: LabelStudioClient, catalog: Catalog, project: LabelStudioProject, urls: Mapping[tuple[int, int] | int, str]
+    client: LabelStudioClient, catalog: Catalog, project: AnnotationProject, urls: Mapping[tuple[int, int] | int, str]
 ) -> int:
     """Replace the media URL of already imported tasks (e.g. re-presigned S3 URLs before the old ones expire).
 

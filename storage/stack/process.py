@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.errors import MaskloopError
+
 log = logging.getLogger(__name__)
 
 
-class PortInUseError(RuntimeError):
+class PortInUseError(MaskloopError, RuntimeError):
     def __init__(self, service: str, port: int) -> None:
         super().__init__(
             f"{service}: port 127.0.0.1:{port} is already in use; stop what holds it or choose another port"

@@ -26,7 +26,7 @@ def prefect_api() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real transformers Sam2Model (tiny config, random weights) saved as a local directory."""
-    from model.testing import save_tiny_sam2
+    from tests.support.tiny_models import save_tiny_sam2
 
     # hidden size 128: the video memory encoder (64 channels) needs a hidden size that is a larger multiple of 64
     return save_tiny_sam2(tmp_path_factory.mktemp("sam2-tiny"), image_size=64, hidden_size=128)
@@ -56,7 +56,7 @@ def png_bytes(rng: np.random.Generator, height: int = 96, width: int = 128) -> b
 
 
 def mp4_bytes(rng: np.random.Generator, tmp_path: Path, frames: int = 6, height: int = 64, width: int = 96) -> bytes:
-    from model.video_testing import write_video
+    from model.video import write_video
 
     path = write_video(
         tmp_path / f"clip-{rng.integers(1 << 30)}.mp4",

@@ -37,24 +37,27 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from flows.active_learning import ActiveLearningResult
 from model.finetune.prompts import mask_box
 from model.instances import Instances
 from model.synthetic import SyntheticDomain, SyntheticImage, to_coco
+from storage.annotation.items import ImportItem, model_version_string
 from storage.catalog import (
     ActiveLearningItem,
     ActiveLearningRound,
     AgreementRow,
+    AnnotationTask,
     Asset,
     AssetEmbedding,
     Catalog,
-    LabelStudioTask,
     ModelVersion,
     Prediction,
 )
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.convert import instances_to_results, result_to_mask
-from storage.labelstudio.importer import ImportItem, ensure_project, import_predictions, model_version_string
+from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.labelstudio.server import LabelStudioServer
+from storage.params import ActiveLearningParams
 from storage.s3 import make_client, presigned_get_url
 from storage.settings import Settings
 
@@ -162,7 +165,8 @@ class Arm:
     project_name: str
     truth: dict[int, SyntheticImage] = field(default_factory=dict)  # asset id -> ground truth
     shifted_assets: set[int] = field(default_factory=set)
-    results: list[dict[str, Any]] = field(default_factory=list)  # flow results, bootstrap first
+    results: list[ActiveLearningResult] = field(default_factory=list)  # flow results, bootstrap first
+    annotated: list[dict[str, int]] = field(default_factory=list)  # per correction pass: kept / redrawn objects
     chosen_shifted: list[int] = field(default_factory=list)  # per selection: how many chosen items were shifted
     measured: list[dict[str, Any]] = field(default_factory=list)  # per fine-tuning round
     task_count_before: int = 0
@@ -187,7 +191,7 @@ def prelabel(arm: Arm, settings: Settings, client: LabelStudioClient, bucket: st
     """Assets in S3 and the catalog, pre-labelled by the base model from detector boxes, imported into Label Studio."""
     from model.autoprompt import segment_priors
     from model.segmenter import Segmenter
-    from tasks.prelabel_ops import task_score
+    from storage.prelabel.predict import task_score
 
     s3 = make_client(settings)
     seg = Segmenter.from_pretrained(base, device="cpu")
@@ -276,32 +280,32 @@ def run_arm(arm: Arm, settings: Settings, client: LabelStudioClient, bucket: str
     dest = f"s3://{bucket}/datasets"
     prelabel(arm, settings, client, bucket, base)
     with Catalog(arm.catalog_url) as catalog, catalog.session() as session:
-        arm.task_count_before = int(session.scalar(select(func.count(LabelStudioTask.id))) or 0)
+        arm.task_count_before = int(session.scalar(select(func.count(AnnotationTask.id))) or 0)
     baseline = {"shifted": measure(base, HELD_OUT_SHIFTED), "in_domain": measure(base, HELD_OUT_IN_DOMAIN)}
     arm.measured.append({"round": 0, "model": str(base), **baseline})
     for round_index in range(3):  # bootstrap (score and choose), then two fine-tuning rounds
-        result = active_learning_flow(
-            arm.project_name,
+        params = ActiveLearningParams(
+            project=arm.project_name,
             strategy=arm.strategy,
             finetune=round_index > 0,
             dest=dest,
             models_dir=str(models / arm.strategy),
-            settings=settings,
             **FLOW_PARAMS,
         )
+        result = active_learning_flow(params, settings=settings)
         arm.results.append(result)
-        chosen = result["chosen_tasks"]
+        chosen = result.chosen_tasks
         with Catalog(arm.catalog_url) as catalog, catalog.session() as session:
             assets = dict(
                 session.execute(
-                    select(LabelStudioTask.ls_task_id, LabelStudioTask.asset_id).where(
-                        LabelStudioTask.ls_task_id.in_(chosen)
+                    select(AnnotationTask.external_task_id, AnnotationTask.asset_id).where(
+                        AnnotationTask.external_task_id.in_(chosen)
                     )
                 ).all()
             )
             model_dir = (
-                session.scalar(select(ModelVersion.uri).where(ModelVersion.id == result["new_model_id"]))
-                if result["new_model_id"]
+                session.scalar(select(ModelVersion.uri).where(ModelVersion.id == result.new_model_id))
+                if result.new_model_id
                 else None
             )
         arm.chosen_shifted.append(sum(assets[t] in arm.shifted_assets for t in chosen))
@@ -310,17 +314,17 @@ def run_arm(arm: Arm, settings: Settings, client: LabelStudioClient, bucket: str
                 {
                     "round": round_index,
                     "model": model_dir,
-                    "promoted": result["promoted"],
+                    "promoted": result.promoted,
                     "shifted": measure(model_dir, HELD_OUT_SHIFTED),
                     "in_domain": measure(model_dir, HELD_OUT_IN_DOMAIN),
-                    "flow_held_out": result["metrics"].get("held_out"),
-                    "confidence_weights": result["metrics"].get("confidence_weights"),
+                    "flow_held_out": result.metrics.get("held_out"),
+                    "confidence_weights": result.metrics.get("confidence_weights"),
                 }
             )
         if round_index < 2:
-            result["annotated"] = annotate(arm, client, chosen)
+            arm.annotated.append(annotate(arm, client, chosen))
     with Catalog(arm.catalog_url) as catalog, catalog.session() as session:
-        arm.task_count_after = int(session.scalar(select(func.count(LabelStudioTask.id))) or 0)
+        arm.task_count_after = int(session.scalar(select(func.count(AnnotationTask.id))) or 0)
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +407,7 @@ def test_uncertainty_selection_puts_the_shifted_items_first_random_does_not(arms
     assert sum(unc.chosen_shifted[:2]) > sum(rnd.chosen_shifted[:2])
     assert sum(unc.chosen_shifted[:2]) > 2 * BUDGET * N_SHIFTED / (N_SHIFTED + N_IN_DOMAIN)  # above the pool's share
     for result in unc.results[1:]:  # weights learnt from the corrections, or the defaults when they say nothing
-        weights = result["metrics"]["confidence_weights"]
+        weights = result.metrics["confidence_weights"]
         assert weights["source"].startswith(("learnt from", "default"))
         assert weights["weights"] is None or all(w >= 0 for w in weights["weights"].values())
 
@@ -419,7 +423,7 @@ def test_fine_tuning_on_the_corrections_raises_the_accepted_unchanged_rate_on_he
 
 def test_uncertainty_beats_random_on_the_iou_gain_at_the_same_budget(arms: dict[str, Arm]) -> None:
     unc, rnd = arms["uncertainty"], arms["random"]
-    assert [len(r["chosen_tasks"]) for r in unc.results] == [len(r["chosen_tasks"]) for r in rnd.results]
+    assert [len(r.chosen_tasks) for r in unc.results] == [len(r.chosen_tasks) for r in rnd.results]
     assert _gain(unc, "shifted") > _gain(rnd, "shifted")
 
 
@@ -428,17 +432,17 @@ def test_a_promoted_model_re_pre_labels_the_same_tasks_under_its_own_model_versi
 ) -> None:
     for arm in arms.values():
         assert arm.task_count_after == arm.task_count_before == N_IN_DOMAIN + N_SHIFTED  # nothing recreated
-    promoted = [(arm, r) for arm in arms.values() for r in arm.results if r["promoted"]]
+    promoted = [(arm, r) for arm in arms.values() for r in arm.results if r.promoted]
     assert promoted, "no round promoted its model in either arm"
     arm, result = promoted[-1]
-    version = result["metrics"]["model_version"]
+    version = result.metrics["model_version"]
     assert version.endswith("/prior") and "-al" in version
     with Catalog(arm.catalog_url) as catalog, catalog.session() as session:
-        project = session.scalar(select(LabelStudioTask.project_id).limit(1))
-        tasks = session.scalars(select(LabelStudioTask).where(LabelStudioTask.project_id == project)).all()
-        relabelled = {t.ls_task_id for t in tasks if t.last_model_version == version}
+        project = session.scalar(select(AnnotationTask.project_id).limit(1))
+        tasks = session.scalars(select(AnnotationTask).where(AnnotationTask.project_id == project)).all()
+        relabelled = {t.external_task_id for t in tasks if t.last_model_version == version}
         stored = session.scalar(select(func.count(Prediction.id)).where(Prediction.model_version == version))
-    assert relabelled and stored == len(relabelled) == result["metrics"]["relabelled"]
+    assert relabelled and stored == len(relabelled) == result.metrics["relabelled"]
     some_task = next(iter(relabelled))
     assert version in {p["model_version"] for p in ls_client.list_predictions(some_task)}
     ls_project = ls_client.get_project(int(ls_client.get_task(some_task)["project"]))
@@ -450,17 +454,17 @@ def test_label_studio_serves_the_chosen_tasks_first_and_the_review_view_lists_th
 ) -> None:
     for arm in arms.values():
         last = arm.results[-1]
-        chosen = last["chosen_tasks"]
+        chosen = last.chosen_tasks
         assert len(chosen) == BUDGET
         project_id = int(ls_client.get_task(chosen[0])["project"])
-        view = last["metrics"]["pool"]["review_view_id"]
+        view = last.metrics["pool"]["review_view_id"]
         assert sorted(ls_client.view_task_ids(project_id, view)) == sorted(chosen)
         ls_project = ls_client.get_project(project_id)
         scores = {}
         for pred in ls_client.list_project_predictions(project_id):
             if pred["model_version"] == ls_project["model_version"] and pred.get("score") is not None:
                 scores[int(pred["task"])] = float(pred["score"])
-        annotated = {t for r in arm.results[:-1] for t in r["chosen_tasks"]}
+        annotated = {t for r in arm.results[:-1] for t in r.chosen_tasks}
         pool = [t for t in scores if t not in annotated]
         assert len(pool) == N_IN_DOMAIN + N_SHIFTED - len(annotated)
         lowest = sorted(pool, key=lambda t: scores[t])[:BUDGET]
@@ -507,16 +511,13 @@ def test_embedding_strategies_spread_the_review_over_clusters_and_write_them_to_
     from flows.active_learning import active_learning_flow
 
     arm = arms["random"]
-    result = active_learning_flow(
-        arm.project_name, strategy=strategy, finetune=False, budget=4, seed=1, settings=arm.settings
-    )
-    chosen = result["chosen_tasks"]
+    params = ActiveLearningParams(project=arm.project_name, strategy=strategy, finetune=False, budget=4, seed=1)
+    result = active_learning_flow(params, settings=arm.settings)
+    chosen = result.chosen_tasks
     assert len(chosen) == 4
     with Catalog(arm.catalog_url) as catalog, catalog.session() as session:
-        items = session.scalars(
-            select(ActiveLearningItem).where(ActiveLearningItem.round_id == result["round_id"])
-        ).all()
-    clusters = {i.ls_task_id: i.cluster for i in items}
+        items = session.scalars(select(ActiveLearningItem).where(ActiveLearningItem.round_id == result.round_id)).all()
+    clusters = {i.external_task_id: i.cluster for i in items}
     assert all(c is not None for c in clusters.values())
     assert len({clusters[t] for t in chosen}) == 4  # one per cluster
     project_id = int(ls_client.get_task(chosen[0])["project"])

@@ -68,16 +68,16 @@ def test_demo_spec_runs_every_deployment_on_the_stacks_process_pool_and_watches_
     by_name = {d["name"]: d for d in spec["deployments"]}
     source = f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}"
     assert by_name["discover-every-15-min"]["parameters"]["source"] == source
-    assert by_name["prelabel"]["parameters"]["source"] == source
+    assert by_name["prelabel"]["parameters"]["params"]["source"] == source
     (trigger,) = by_name["prelabel-on-upload"]["triggers"]
     assert trigger["match"] == {"prefect.resource.id": f"{source}*"} and trigger["expect"] == ["s3.object.created"]
-    for name in ("prelabel", "prelabel-on-upload"):
-        params = by_name[name]["parameters"]
+    assert trigger["parameters"]["params"]["source"].startswith("s3://{{"), "the upload's own object"
+    for params in (by_name["prelabel"]["parameters"]["params"], trigger["parameters"]["params"]):
         assert (params["model_id"], params["strategy_params"], params["project"]) == (
             DEMO_MODEL,
             {"x": 1},
             "maskloop-demo",
         )
-    assert by_name["harvest"]["parameters"]["project"] == "maskloop-demo (images)"
-    assert by_name["harvest"]["parameters"]["dest"].startswith(f"s3://{DEMO_BUCKET}/")
+    assert by_name["harvest"]["parameters"]["params"]["project"] == "maskloop-demo (images)"
+    assert by_name["harvest"]["parameters"]["params"]["dest"].startswith(f"s3://{DEMO_BUCKET}/")
     assert [d.get("schedules") for d in spec["deployments"]] == [d.get("schedules") for d in original["deployments"]]

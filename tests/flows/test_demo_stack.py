@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from flows.demo import DEMO_BUCKET, DEMO_PREFIX, run_demo
-from storage.catalog import Asset, Catalog, LabelStudioTask
+from storage.catalog import AnnotationTask, Asset, Catalog
 from storage.labelstudio.client import LabelStudioClient
 from storage.s3 import make_client
 from storage.settings import Settings
@@ -117,7 +117,7 @@ def _ls_task_id(settings: Settings, key: str) -> int | None:
     catalog = Catalog(settings.resolved_database_url)
     try:
         with catalog.session() as session:
-            stmt = select(LabelStudioTask.ls_task_id).join(Asset, Asset.id == LabelStudioTask.asset_id)
+            stmt = select(AnnotationTask.external_task_id).join(Asset, Asset.id == AnnotationTask.asset_id)
             return session.scalar(stmt.where(Asset.bucket == DEMO_BUCKET, Asset.key == key))
     finally:
         catalog.dispose()

@@ -70,6 +70,7 @@ def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
     from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.prelabel_fanout import prelabel_fanout_flow, prelabel_unit_flow
+    from storage.params import FanoutParams
 
     for i in range(5):
         s3.put_object(Bucket=bucket, Key=f"in/{i}.png", Body=b"x")
@@ -77,23 +78,20 @@ def test_fanout_through_a_deployment_schedules_one_unit_run_per_free_unit(
     deployment_id = prelabel_unit_flow.to_deployment(name=name).apply()
     # the dispatcher names the job's model version from the weight files (it never loads the model)
     flow_settings = settings.model_copy(update={"database_url": catalog_url, "model_id": str(tiny_checkpoint)})
-    result = prelabel_fanout_flow(
-        f"s3://{bucket}/in/", unit_size=2, deployment_name=f"prelabel-unit/{name}", settings=flow_settings
-    )
-    assert len(result["units"]) == 3 and len(result["flow_runs"]) == 3
+    params = FanoutParams(source=f"s3://{bucket}/in/", unit_size=2, deployment_name=f"prelabel-unit/{name}")
+    result = prelabel_fanout_flow(params, settings=flow_settings)
+    assert len(result.units) == 3 and len(result.flow_runs) == 3
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
             sort=FlowRunSort.ID_DESC,
             limit=50,
         )
-    assert sorted(r.parameters["unit_id"] for r in runs) == sorted(result["units"])
-    assert {r.parameters["source"] for r in runs} == {f"s3://{bucket}/in/"}
+    assert sorted(r.parameters["params"]["unit_id"] for r in runs) == sorted(result.units)
+    assert {r.parameters["params"]["source"] for r in runs} == {f"s3://{bucket}/in/"}
     # no worker took them yet: the next fan-out finds the same free units, each with a run waiting to start
-    again = prelabel_fanout_flow(
-        f"s3://{bucket}/in/", unit_size=2, deployment_name=f"prelabel-unit/{name}", settings=flow_settings
-    )
-    assert (again["units"], again["already_queued"], again["flow_runs"]) == ([], sorted(result["units"]), [])
+    again = prelabel_fanout_flow(params, settings=flow_settings)
+    assert (again.units, again.already_queued, again.flow_runs) == ([], sorted(result.units), [])
 
 
 def test_fanout_that_cannot_read_the_model_says_what_to_download_before_any_work(
@@ -101,13 +99,14 @@ def test_fanout_that_cannot_read_the_model_says_what_to_download_before_any_work
 ) -> None:
     from flows.prelabel_fanout import prelabel_fanout_flow
     from model.errors import ModelNotAvailableError
+    from storage.params import FanoutParams
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     flow_settings = settings.model_copy(
         update={"database_url": f"sqlite:///{tmp_path / 'c.sqlite'}", "model_id": "facebook/sam2.1-hiera-tiny"}
     )
     with pytest.raises(ModelNotAvailableError, match="hf download facebook/sam2.1-hiera-tiny"):
-        prelabel_fanout_flow("s3://some-bucket/in/", settings=flow_settings)
+        prelabel_fanout_flow(FanoutParams(source="s3://some-bucket/in/"), settings=flow_settings)
 
 
 def test_model_work_holds_one_slot_of_the_strict_gpu_limit_and_fails_without_the_limit(prefect_api: str) -> None:

@@ -174,7 +174,7 @@ def test_upload_becomes_a_prelabel_flow_run_through_the_event_trigger(
     assert spec["entrypoint"] == "flows/prelabel_fanout.py:prelabel_fanout_flow"
     deployment_id = prelabel_fanout_flow.to_deployment(
         name=f"on-upload-{bucket[-8:]}",
-        parameters=spec["parameters"],
+        parameters=spec.get("parameters") or {},
         triggers=[DeploymentEventTrigger.model_validate(trigger)],
     ).apply()
 
@@ -199,5 +199,5 @@ def test_upload_becomes_a_prelabel_flow_run_through_the_event_trigger(
             )
             time.sleep(1)
     assert len(runs) == 1, "the s3.object.created event did not start a prelabel-on-upload run"
-    assert runs[0].parameters["source"] == f"s3://{bucket}/in/new image.png"
-    assert runs[0].parameters["project"] == "maskloop"
+    assert runs[0].parameters["params"]["source"] == f"s3://{bucket}/in/new image.png"
+    assert runs[0].parameters["params"]["project"] == "maskloop"

@@ -12,6 +12,7 @@ from flows.harvest import harvest_flow
 from storage.catalog import Catalog, Run
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.server import LabelStudioServer
+from storage.params import HarvestParams
 from storage.settings import Settings
 from tests.storage.test_harvest_versions import CAT1, DOG1_MOVED, _brush, _setup
 
@@ -41,16 +42,17 @@ def test_harvest_flow_harvests_and_freezes_a_version_then_reruns_as_a_no_op(
     ls_client.create_annotation(task_ids[0], _brush([CAT1, DOG1_MOVED], ["cat", "dog"], "f"))
 
     dest = f"s3://{bucket}/flow-datasets"
-    first = harvest_flow(project.name, create_version=True, dest=dest, tag="flow", settings=flow_settings)
-    assert first["harvest"]["created"] == 1 and first["harvest"]["agreement_rows"] == 2
-    assert first["version"]["created"] and first["version"]["number"] == 1
-    again = harvest_flow(project.name, create_version=True, dest=dest, settings=flow_settings)
-    assert again["harvest"]["created"] == 0 and not again["version"]["created"]
-    assert again["version"]["version_id"] == first["version"]["version_id"]
+    params = HarvestParams(project=project.name, create_version=True, dest=dest, tag="flow")
+    first = harvest_flow(params, settings=flow_settings)
+    assert first.harvest.created == 1 and first.harvest.agreement_rows == 2
+    assert first.version is not None and first.version.created and first.version.number == 1
+    again = harvest_flow(params.model_copy(update={"tag": None}), settings=flow_settings)
+    assert again.harvest.created == 0 and again.version is not None and not again.version.created
+    assert again.version.version_id == first.version.version_id
     with Catalog(url) as catalog, catalog.session() as session:
         runs = session.scalars(select(Run).where(Run.flow_name == "harvest").order_by(Run.id)).all()
         assert [r.status for r in runs] == ["completed", "completed"]
         assert runs[0].counts["created"] == 1
 
     with pytest.raises(ValueError, match="needs dest"):
-        harvest_flow(project.name, create_version=True, settings=flow_settings)
+        HarvestParams(project=project.name, create_version=True)

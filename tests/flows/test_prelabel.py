@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from storage.catalog import Asset, Catalog, LabelStudioProject, LabelStudioTask, Prediction, Run, RunFailure
+from storage.catalog import AnnotationProject, AnnotationTask, Asset, Catalog, Prediction, Run, RunFailure
+from storage.catalog.runs import start_run
 from storage.labelstudio.client import LabelStudioClient
+from storage.params import PrelabelParams
+from storage.services import Services
 from storage.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +30,9 @@ LOOSE = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh":
 
 def ls_tasks(client: LabelStudioClient, catalog: Catalog, project_name: str) -> list[dict[str, Any]]:
     with catalog.session() as session:
-        project = session.scalar(select(LabelStudioProject).where(LabelStudioProject.name == project_name))
+        project = session.scalar(select(AnnotationProject).where(AnnotationProject.name == project_name))
         assert project is not None, f"project {project_name!r} was not created"
-        pid = project.ls_project_id
+        pid = project.external_project_id
     return list(client.iter_tasks(pid, all_fields=True))
 
 
@@ -44,17 +47,13 @@ def test_prelabel_puts_images_and_video_into_label_studio_and_skips_bad_object(
 
     keys = fill_bucket(images=5, videos=1, broken=1)
     project = f"e2e-{bucket[-8:]}"
-    result = prelabel_flow(
-        f"s3://{bucket}/in/",
-        project=project,
-        batch_size=2,
-        strategy_params=LOOSE,
-        video_max_frames=4,
-        settings=flow_settings,
+    params = PrelabelParams(
+        source=f"s3://{bucket}/in/", project=project, batch_size=2, strategy_params=LOOSE, video_max_frames=4
     )
-    assert (result["assets"], result["done"], result["failed"]) == (7, 6, 1)
-    assert result["instances"] > 0
-    assert result["io_helper_calls"] > 0, "no download or import ran in the I/O helper process"
+    result = prelabel_flow(params, settings=flow_settings)
+    assert (result.count("assets"), result.count("done"), result.count("failed")) == (7, 6, 1)
+    assert result.count("instances") > 0
+    assert result.io_helper_calls > 0, "no download or import ran in the I/O helper process"
 
     catalog = Catalog(flow_settings.resolved_database_url)
     images = ls_tasks(ls_client, catalog, f"{project} (images)")
@@ -69,7 +68,7 @@ def test_prelabel_puts_images_and_video_into_label_studio_and_skips_bad_object(
     assert all(r["type"] == "videorectangle" for r in videos[0]["predictions"][0]["result"])
 
     with catalog.session() as session:
-        run = session.get(Run, result["run_id"])
+        run = session.get(Run, result.run_id)
         assert run is not None and run.status == "completed" and run.model_id and run.checkpoint_sha256
         assert run.counts["done"] == 6
         failures = session.scalars(select(RunFailure).where(RunFailure.run_id == run.id)).all()
@@ -78,15 +77,8 @@ def test_prelabel_puts_images_and_video_into_label_studio_and_skips_bad_object(
         assert broken is not None and broken.status == "failed"
         assert session.scalar(select(func.count(Prediction.id))) == 6
 
-    again = prelabel_flow(
-        f"s3://{bucket}/in/",
-        project=project,
-        batch_size=2,
-        strategy_params=LOOSE,
-        video_max_frames=4,
-        settings=flow_settings,
-    )
-    assert (again["assets"], again["done"]) == (0, 0)
+    again = prelabel_flow(params, settings=flow_settings)
+    assert (again.count("assets"), again.count("done")) == (0, 0)
     assert len(ls_tasks(ls_client, catalog, f"{project} (images)")) == 5
 
 
@@ -99,25 +91,24 @@ def test_object_deleted_after_listing_is_recorded_and_the_run_goes_on(
     ls_client: LabelStudioClient,  # noqa: ANN001
 ) -> None:
     from storage.catalog.assets import discover
+    from storage.prelabel import fetch, predict
     from storage.s3 import list_objects
-    from tasks import prelabel_ops as ops
     from tasks.models import Models
 
     keys = fill_bucket(images=3, videos=0, broken=0)
     catalog = Catalog(flow_settings.resolved_database_url)
     ids = discover(catalog, list_objects(s3, bucket, "in/")).new_asset_ids
     s3.delete_object(Bucket=bucket, Key=keys["image"][1])
-    run_id = ops.start_run(catalog, "prelabel", {}, None)
-    fetched = ops.fetch(flow_settings, catalog, run_id, ids)
+    run_id = start_run(catalog, "prelabel", {}, None)
+    services = Services(flow_settings)
+    fetched = fetch.fetch(services, run_id, ids)
     assert len(fetched.ok) == 2 and len(fetched.failed) == 1
     (reason,) = fetched.failed.values()
     assert keys["image"][1] in reason and ("NoSuchKey" in reason or "404" in reason)
     assert not fetched.transient, "a deleted object is a permanent failure: retrying cannot bring it back"
-    params = ops.PrelabelParams(
-        source=f"s3://{bucket}/in/", model_id=str(flow_settings.model_id), strategy_params=LOOSE
-    )
+    params = PrelabelParams(source=f"s3://{bucket}/in/", model_id=str(flow_settings.model_id), strategy_params=LOOSE)
     models = Models.load(flow_settings, params.model_id, params.strategy)
-    segmented = ops.segment(flow_settings, catalog, run_id, fetched.ok, params, "m@1/everything", models)
+    segmented = predict.segment(services, run_id, fetched.ok, "m@1/everything", models.predictor(params))
     assert sorted(segmented.ok) == sorted(fetched.ok)
 
 
@@ -197,19 +188,19 @@ def test_killed_run_resumes_without_loss_or_duplicates(
     catalog = Catalog(flow_settings.resolved_database_url)
     source, project = f"s3://{bucket}/in/", f"kill-{kill_point[6:]}-{int(group)}-{bucket[-8:]}"
     proc = _spawn_prelabel(flow_settings, prefect_api, source, project)
-    watched = Prediction if kill_point == "after-first-prediction" else LabelStudioTask
+    watched = Prediction if kill_point == "after-first-prediction" else AnnotationTask
     _kill_when(proc, lambda: _count(catalog, watched) >= 1, group=group)
     with catalog.session() as session:
         done_before = session.scalar(select(func.count(Asset.id)).where(Asset.status == "done"))
     assert done_before is not None and done_before < 8, "the kill came too late to prove anything"
 
-    result = prelabel_flow(source, project=project, batch_size=1, strategy_params=LOOSE, settings=flow_settings)
-    assert result["failed"] == 0
+    params = PrelabelParams(source=source, project=project, batch_size=1, strategy_params=LOOSE)
+    assert prelabel_flow(params, settings=flow_settings).count("failed") == 0
     tasks = ls_tasks(ls_client, catalog, f"{project} (images)")
     asset_ids = Counter(t["data"]["maskloop_asset_id"] for t in tasks)
     assert len(tasks) == 8 and all(n == 1 for n in asset_ids.values()), f"duplicated tasks: {asset_ids}"
     assert all(t["predictions"] for t in tasks)
     with catalog.session() as session:
         assert session.scalar(select(func.count(Asset.id)).where(Asset.status == "done")) == 8
-        assert session.scalar(select(func.count(LabelStudioTask.id))) == 8
+        assert session.scalar(select(func.count(AnnotationTask.id))) == 8
         assert session.scalar(select(func.count(Prediction.id))) == 8

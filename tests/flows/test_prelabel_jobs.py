@@ -26,7 +26,7 @@ from tests.support.fault_proxy import Fault, fault_proxy
 @pytest.fixture(scope="module")
 def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another tiny SAM 2 (other seed, other weights): the 'new model' of a project."""
-    from model.testing import save_tiny_sam2
+    from tests.support.tiny_models import save_tiny_sam2
 
     return save_tiny_sam2(tmp_path_factory.mktemp("sam2-other") / "tiny-v2", seed=7, image_size=64, hidden_size=128)
 

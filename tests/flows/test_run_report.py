@@ -61,19 +61,20 @@ def test_report_renders_counts_failures_and_pictures_in_chromium(
     from playwright.sync_api import sync_playwright
 
     from flows.prelabel import prelabel_flow
+    from storage.params import PrelabelParams
 
     keys = fill_bucket(images=3, videos=1, broken=1)
-    result = prelabel_flow(
-        f"s3://{bucket}/in/",
+    params = PrelabelParams(
+        source=f"s3://{bucket}/in/",
         project=f"rep-{bucket[-8:]}",
         batch_size=2,
         strategy_params=LOOSE,
         video_max_frames=4,
-        settings=flow_settings,
     )
-    assert (result["done"], result["failed"]) == (4, 1) and result["instances"] > 0
+    result = prelabel_flow(params, settings=flow_settings)
+    assert (result.count("done"), result.count("failed")) == (4, 1) and result.count("instances") > 0
     _env(monkeypatch, flow_settings, str(flow_settings.s3_endpoint_url))
-    out = _cli(capsys, "runs", "show", str(result["run_id"]), "--report", str(tmp_path / "report.html"))
+    out = _cli(capsys, "runs", "show", str(result.run_id), "--report", str(tmp_path / "report.html"))
     assert f"report: {tmp_path / 'report.html'}" in out
     page = (tmp_path / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4, "3 images and 1 video strip, inlined"

@@ -41,7 +41,7 @@ import yaml
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from storage.catalog import Asset, Catalog, LabelStudioTask, Run, WorkUnit, WorkUnitAsset
+from storage.catalog import AnnotationTask, Asset, Catalog, Run, WorkUnit, WorkUnitAsset
 from storage.labelstudio.client import LabelStudioClient
 from storage.s3 import make_client
 from storage.settings import Settings
@@ -319,20 +319,18 @@ def _unit_runs(cluster: Cluster, unit_id: int) -> list[Run]:
 
 
 def assert_each_image_once_in_label_studio(cluster: Cluster, ls_client: LabelStudioClient) -> None:
-    """Every image of the bucket is done, has one label_studio_tasks row and one Label Studio task: no loss, no
+    """Every image of the bucket is done, has one annotation_tasks row and one Label Studio task: no loss, no
     duplicate."""
     catalog = cluster.catalog()
     try:
         with catalog.session() as session:
             assets = dict(session.execute(select(Asset.id, Asset.status).where(Asset.bucket == cluster.bucket)).all())
-            rows = Counter(
-                session.scalars(select(LabelStudioTask.asset_id).where(LabelStudioTask.asset_id.in_(assets)))
-            )
+            rows = Counter(session.scalars(select(AnnotationTask.asset_id).where(AnnotationTask.asset_id.in_(assets))))
         tasks = ls_tasks(ls_client, catalog, f"{cluster.project} (images)")
     finally:
         catalog.dispose()
     assert set(assets.values()) == {"done"}, assets
-    assert rows == Counter(assets.keys()), "one label_studio_tasks row per asset"
+    assert rows == Counter(assets.keys()), "one annotation_tasks row per asset"
     in_ls = Counter(t["data"]["maskloop_asset_id"] for t in tasks)
     assert in_ls == Counter(assets.keys()), "one Label Studio task per asset"
     missing = [t for t in tasks if not t["predictions"]]

@@ -17,7 +17,7 @@ from model.images import decode_image
 from model.instances import Instances, Prompt
 from model.nms import box_iou, mask_iou
 from model.segmenter import Decoded, Segmenter
-from model.testing import save_tiny_grounding_dino, save_tiny_sam2
+from tests.support.tiny_models import save_tiny_grounding_dino, save_tiny_sam2
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 LABELME = DATA / "labelme_examples" / "instance_segmentation_coco"
@@ -355,7 +355,7 @@ def test_priors_from_coco_uses_the_bbox_when_there_is_no_segmentation() -> None:
         ({"strategy": "magic"}, "strategy must be one of"),
         ({"strategy": "everything", "bogus": 1}, r"does not take \['bogus'\]"),
         ({"strategy": "text"}, "needs classes="),
-        ({"strategy": "text", "classes": ["cat"]}, "needs detector="),
+        ({"strategy": "text", "classes": ["cat"]}, "needs a text detector"),
         ({"strategy": "prior"}, "needs priors="),
         ({"strategy": "prior", "priors": []}, "one Instances per image"),
         ({"strategy": "prior", "priors": [Instances.empty(5, 5)]}, r"prior masks are \(5, 5\)"),

@@ -409,7 +409,7 @@ def test_cli_reports_an_unreadable_image_by_name(tmp_path):
 # ------------------------------------------------------------------- video
 def test_video_clip_step_trains_the_memory_path_and_its_loss_falls():
     from model.finetune.video import clip_loss
-    from model.video_testing import tiny_sam2_video_model
+    from tests.support.tiny_models import tiny_sam2_video_model
 
     torch.manual_seed(0)
     model = tiny_sam2_video_model(SIZE, present=True).train()
@@ -440,7 +440,7 @@ def test_video_clip_step_trains_the_memory_path_and_its_loss_falls():
 )
 def test_video_clip_loss_rejects_bad_clips(frames, masks, message):
     from model.finetune.video import clip_loss
-    from model.video_testing import tiny_sam2_video_model
+    from tests.support.tiny_models import tiny_sam2_video_model
 
     with pytest.raises(ValueError, match=message):
         clip_loss(tiny_sam2_video_model(SIZE), frames, masks)

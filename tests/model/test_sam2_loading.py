@@ -20,7 +20,7 @@ from model.convert import hf_to_meta_state_dict, meta_key_to_hf, meta_to_hf_stat
 from model.device import resolve_dtype, select_device
 from model.errors import ModelNotAvailableError
 from model.segmenter import Segmenter
-from model.testing import build_tiny_sam2, save_tiny_sam2, save_tiny_sam2_meta_checkpoint, tiny_sam2_config
+from tests.support.tiny_models import build_tiny_sam2, save_tiny_sam2, save_tiny_sam2_meta_checkpoint, tiny_sam2_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -309,7 +309,7 @@ def test_importing_model_modules_loads_neither_torch_nor_transformers() -> None:
     code = (
         "import sys\n"
         "import model.segmenter, model.autoprompt, model.everything, model.detector, model.cache, model.loading\n"
-        "import model.images, model.testing, model.convert, model.nms, model.regions, model.contours, model.device\n"
+        "import model.images, model.video, model.convert, model.nms, model.regions, model.contours, model.device\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -16,7 +16,7 @@ from model.images import decode_image
 from model.masks import masks_to_boxes
 from model.preprocess import preprocess_images, scale_coords, stability_scores, upsample_logits
 from model.segmenter import Segmenter
-from model.testing import save_tiny_sam2
+from tests.support.tiny_models import save_tiny_sam2
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 COCO_IMAGE = DATA / "coco128-seg" / "images" / "train2017" / "000000000025.jpg"

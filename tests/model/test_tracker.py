@@ -13,8 +13,9 @@ import torch
 from model.instances import Instances, Prompt
 from model.masks import rle_to_mask
 from model.tracker import TrackerParams, greedy_match, mask_iou_matrix, track_video
+from model.video import write_video
 from model.video_model import ObjectFrame, Sam2Video
-from model.video_testing import save_tiny_sam2_video, tiny_sam2_video_model, write_video
+from tests.support.tiny_models import save_tiny_sam2_video, tiny_sam2_video_model
 
 H, W, T = 48, 64, 30
 
@@ -253,7 +254,7 @@ def test_video_model_loads_from_an_image_only_sam2_checkpoint_and_tracks_a_promp
 ) -> None:
     from transformers import Sam2Model
 
-    from model.testing import tiny_sam2_config
+    from tests.support.tiny_models import tiny_sam2_config
 
     torch.manual_seed(0)
     image_model = Sam2Model(tiny_sam2_config(image_size=64, hidden_size=hidden_size))
@@ -274,7 +275,7 @@ def test_video_model_loads_from_an_image_only_sam2_checkpoint_and_tracks_a_promp
 def test_loading_an_image_only_checkpoint_as_video_says_so_in_one_line_not_a_per_key_report(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from model.testing import save_tiny_sam2
+    from tests.support.tiny_models import save_tiny_sam2
 
     save_tiny_sam2(tmp_path, image_size=64, hidden_size=128)
     capfd.readouterr()
@@ -296,7 +297,7 @@ def test_session_rejects_wrong_frame_size_and_prompt_before_first_frame() -> Non
 
 @pytest.fixture(scope="module")
 def shared_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.testing import save_tiny_sam2
+    from tests.support.tiny_models import save_tiny_sam2
 
     return save_tiny_sam2(tmp_path_factory.mktemp("sam2img"), image_size=64, hidden_size=128)
 
@@ -346,7 +347,7 @@ def test_image_and_video_models_from_one_checkpoint_track_end_to_end(
 
 def test_track_video_on_audio_only_file_raises_bad_media(tmp_path: Path) -> None:
     from model.errors import BadMediaError
-    from model.video_testing import write_audio_only
+    from tests.support.media import write_audio_only
 
     path = write_audio_only(tmp_path / "a.m4a")
     with pytest.raises(BadMediaError, match="no video stream"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from model.errors import BadMediaError
-from model.video import iter_frames, normalise_rotation, probe_video, upright
-from model.video_testing import write_audio_only, write_video
+from model.video import iter_frames, normalise_rotation, probe_video, upright, write_video
+from tests.support.media import write_audio_only
 
 BEDROOM = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sam2_notebooks" / "videos" / "bedroom.mp4"
 

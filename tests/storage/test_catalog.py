@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from storage.catalog import Asset, Catalog, LabelStudioProject, LabelStudioTask, Prediction
+from storage.catalog import AnnotationProject, AnnotationTask, Asset, Catalog, Prediction
 from storage.catalog.assets import discover
 from storage.catalog.db import current_revision
 from storage.catalog.jobs import JobSpec, open_job, pending_asset_ids
@@ -14,12 +14,12 @@ from storage.s3 import S3Object, list_objects
 
 EXPECTED_TABLES = {
     "alembic_version",
+    "annotation_projects",
+    "annotation_tasks",
     "annotations",
     "assets",
     "dataset_version_items",
     "dataset_versions",
-    "label_studio_projects",
-    "label_studio_tasks",
     "predictions",
     "run_failures",
     "runs",
@@ -76,15 +76,15 @@ def test_same_asset_revision_cannot_be_inserted_twice(catalog: Catalog) -> None:
 def test_asset_cannot_be_imported_twice_into_one_label_studio_project(catalog: Catalog) -> None:
     with catalog.session() as s:
         asset = Asset(bucket="b", key="k.jpg", etag="e", size=1, media_type="image")
-        project = LabelStudioProject(
-            ls_url="http://ls", name="p", ls_project_id=1, media_kind="image", label_config="<View/>"
+        project = AnnotationProject(
+            backend_url="http://ls", name="p", external_project_id=1, media_kind="image", label_config="<View/>"
         )
         s.add_all([asset, project])
         s.flush()
-        s.add(LabelStudioTask(asset_id=asset.id, project_id=project.id, ls_task_id=1))
+        s.add(AnnotationTask(asset_id=asset.id, project_id=project.id, external_task_id=1))
         asset_id, project_id = asset.id, project.id
     with pytest.raises(IntegrityError), catalog.session() as s:
-        s.add(LabelStudioTask(asset_id=asset_id, project_id=project_id, ls_task_id=2))
+        s.add(AnnotationTask(asset_id=asset_id, project_id=project_id, external_task_id=2))
     with pytest.raises(IntegrityError), catalog.session() as s:
         s.add(Prediction(asset_id=asset_id, model_version="m@1", instances=[]))
         s.add(Prediction(asset_id=asset_id, model_version="m@1", instances=[]))

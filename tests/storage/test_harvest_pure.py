@@ -7,7 +7,8 @@ import pytest
 
 from storage.agreement import boundary_f_score, iou_matrix, match_instances, strategy_of, summarize
 from storage.formats.coco import CocoSource, build_coco, validate_coco
-from storage.harvest import AnnotationError, content_hash, image_records, interpolate_sequence
+from storage.harvest import AnnotationError, content_hash
+from storage.labelstudio.annotations import image_records, interpolate_sequence
 from storage.labelstudio.config import LabelConfig, image_label_config
 from storage.labelstudio.convert import mask_to_brush_rle
 from storage.versions import diff_items, manifest_hash

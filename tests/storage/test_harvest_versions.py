@@ -17,11 +17,14 @@ from sqlalchemy import select
 
 from model.instances import Instances
 from model.masks import rle_to_mask
+from storage.annotation.items import ImportItem, model_version_string
 from storage.catalog import AgreementRow, Annotation, Asset, Catalog, DatasetVersion, Prediction
-from storage.harvest import ProjectNotFoundError, harvest, iter_task_pages
+from storage.harvest import ProjectNotFoundError, harvest
+from storage.labelstudio.annotations import iter_task_pages
+from storage.labelstudio.backend import LabelStudioBackend
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.convert import instances_to_results
-from storage.labelstudio.importer import ImportItem, ensure_project, import_predictions, model_version_string
+from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.s3 import presigned_get_url
 from storage.settings import Settings
 from storage.versions import create_version, describe, diff_versions, export_version, list_versions, write_preview
@@ -106,7 +109,7 @@ def _setup(
                 )
             )
     import_predictions(ls_client, catalog, project, items)
-    tasks = {t["data"]["maskloop_asset_id"]: t["id"] for t in ls_client.iter_tasks(project.ls_project_id)}
+    tasks = {t["data"]["maskloop_asset_id"]: t["id"] for t in ls_client.iter_tasks(project.external_project_id)}
     return project, [tasks[a] for a in asset_ids], asset_ids
 
 
@@ -142,7 +145,7 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
     ann1 = ls_client.create_annotation(task_ids[1], _brush([CAT2A, NEW2], ["dog", "cat"], "b"))
     ls_client.create_annotation(task_ids[2], [], was_cancelled=True)
 
-    report = harvest(ls_client, catalog, project.name, s3=s3, page_size=2)
+    report = harvest(LabelStudioBackend(ls_client), catalog, project.name, s3=s3, page_size=2)
     assert (report.created, report.skipped, report.pages, report.invalid) == (3, 1, 2, {})
     assert _agreement(catalog) == [
         (assets[0], "accepted", 0, 0, "cat", "cat", 1.0),
@@ -156,9 +159,9 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
     assert statuses == ["accepted", "accepted", "skipped"]
 
     # incremental: a second harvest stores nothing new, and nothing was updated after the cursor
-    again = harvest(ls_client, catalog, project.name, s3=s3)
+    again = harvest(LabelStudioBackend(ls_client), catalog, project.name, s3=s3)
     assert (again.created, again.updated) == (0, 0)
-    assert list(iter_task_pages(ls_client, project.ls_project_id, datetime.now(UTC) + timedelta(minutes=5))) == []
+    assert list(iter_task_pages(ls_client, project.external_project_id, datetime.now(UTC) + timedelta(minutes=5))) == []
 
     dest = f"s3://{bucket}/datasets"
     first = create_version(catalog, s3, project, dest, tag="first")
@@ -192,7 +195,7 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
         stored = {}
         for ann in session.scalars(select(Annotation).where(Annotation.status == "accepted")):
             for r in ann.instances:
-                stored[(ann.ls_task_row_id, r["label"], r["rle"]["counts"])] = rle_to_mask(r["rle"])
+                stored[(ann.task_row_id, r["label"], r["rle"]["counts"])] = rle_to_mask(r["rle"])
     exported = [coco.annToMask(a).astype(bool) for a in coco.loadAnns(coco.getAnnIds())]
     assert len(exported) == 4
     for mask in exported:
@@ -230,7 +233,7 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
         f"/api/annotations/{ann1['id']}/",
         json_body={"result": _brush([CAT2A, NEW2, CAT2B], ["dog", "cat", "dog"], "c")},
     )
-    changed = harvest(ls_client, catalog, project.name, s3=s3)
+    changed = harvest(LabelStudioBackend(ls_client), catalog, project.name, s3=s3)
     assert (changed.created, changed.updated) == (0, 1)
     second = create_version(catalog, s3, project, dest, tag="second")
     assert second.created and second.version.number == 2 and second.version.parent_id == first.version.id
@@ -299,14 +302,14 @@ def test_bad_input_is_recorded_or_named(
     s3.delete_object(Bucket=bucket, Key="img/1.png")  # asset deleted after annotation
     ls_client.create_annotation(task_ids[2], _brush([DOG1], ["dog"], "z"))
 
-    report = harvest(ls_client, catalog, project.name, s3=s3)
+    report = harvest(LabelStudioBackend(ls_client), catalog, project.name, s3=s3)
     reasons = sorted(report.invalid.values())
     assert len(reasons) == 2
     assert "unknown label(s) ['bird']" in reasons[0] or "unknown label(s) ['bird']" in reasons[1]
     assert any(f"asset s3://{bucket}/img/1.png was deleted from S3" in r for r in reasons)
 
     with pytest.raises(ProjectNotFoundError, match="not in the catalog"):
-        harvest(ls_client, catalog, "no-such-project")
+        harvest(LabelStudioBackend(ls_client), catalog, "no-such-project")
 
     # a failed version creation leaves no version row and no S3 objects behind
     import storage.versions as versions
@@ -326,6 +329,6 @@ def test_bad_input_is_recorded_or_named(
     assert made.version.counts["instances_per_class"] == {"dog": 1}  # only the valid annotation is frozen
 
     # a Label Studio project that was deleted behind the catalog's back
-    ls_client.request("DELETE", f"/api/projects/{project.ls_project_id}/")
+    ls_client.request("DELETE", f"/api/projects/{project.external_project_id}/")
     with pytest.raises(ProjectNotFoundError, match="does not exist"):
-        harvest(ls_client, catalog, project.name)
+        harvest(LabelStudioBackend(ls_client), catalog, project.name)

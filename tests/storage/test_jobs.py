@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from storage import leases
-from storage.catalog import Asset, Catalog, JobAsset, LabelStudioProject, LabelStudioTask, Run, RunFailure
+from storage.catalog import AnnotationProject, AnnotationTask, Asset, Catalog, JobAsset, Run, RunFailure
 from storage.catalog import PrelabelJob as JobRow
 from storage.catalog.assets import discover
 from storage.catalog.db import make_engine, upgrade
@@ -220,8 +220,8 @@ def test_migration_turns_runs_and_their_tasks_into_jobs(catalog_url: str) -> Non
         assert {r.id: r.job_id for r in session.scalars(select(Run))} == {1: jobs["demo"].id, 2: jobs["pts"].id}
         kinds = {f.asset_id: f.kind for f in session.scalars(select(RunFailure))}
         assert kinds == {3: "transient", 4: "permanent"}
-        assert session.scalar(select(LabelStudioProject.name).where(LabelStudioProject.id == 1)) == "demo (images)"
-        assert session.query(LabelStudioTask).count() == 3 and session.query(Asset).count() == 4
+        assert session.scalar(select(AnnotationProject.name).where(AnnotationProject.id == 1)) == "demo (images)"
+        assert session.query(AnnotationTask).count() == 3 and session.query(Asset).count() == 4
     with catalog.session() as session:
         assert pending_asset_ids(session, jobs["demo"].id, "b", "in/") == [3]
         assert pending_asset_ids(session, jobs["pts"].id, "b", "in/") == [2, 3, 4]

@@ -52,7 +52,7 @@ def test_discovery_keeps_media_without_extension_and_lists_what_is_not_media(
     bucket: str,
     tmp_path,  # noqa: ANN001
 ) -> None:
-    from model.video_testing import write_video
+    from model.video import write_video
 
     clip = write_video(tmp_path / "c.mp4", [np.zeros((32, 48, 3), np.uint8)] * 3).read_bytes()
     objects = {

@@ -1,5 +1,6 @@
-"""``export_version`` on a real (moto) S3 server, read back by outside readers, not by maskloop: pycocotools, and
-FiftyOne's COCO importer given only the exported directory (run in FiftyOne's own venv, ``.venv-fo``)."""
+"""``export_version`` on a real (moto) S3 server, read back by outside readers, not by maskloop: pycocotools,
+FiftyOne's COCO importer given only the exported directory (run in FiftyOne's own venv, ``.venv-fo``), and
+supervision's YOLO loader for ``maskloop versions export --format yolo-seg``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 from model.masks import masks_to_boxes
 from storage.catalog import Catalog
+from storage.formats.registry import UnknownExportFormatError
+from storage.settings import Settings
 from storage.versions import export_version
 from tests.support.dataset_versions import MadeImage, box_mask, make_version
 
@@ -153,3 +156,92 @@ def test_export_without_images_and_an_image_changed_in_s3(
     changed = export_version(sqlite_catalog, s3, version_id, tmp_path / "changed", images=True)
     assert changed.sha256_mismatches == (f"{images[1].asset_id}_cat.png",)
     assert any("sha256 mismatch" in line for line in changed.summary_lines())
+
+
+def test_coco_export_writes_the_frozen_coco_and_manifest_byte_for_byte_but_for_file_names(
+    sqlite_catalog: Catalog, s3: Any, bucket: str, tmp_path: Path, version: tuple[int, list[MadeImage]]
+) -> None:
+    from storage.formats.export_layout import plan_export
+    from storage.s3 import parse_s3_uri
+    from storage.versions import get_version
+
+    def stored(uri: str) -> Any:
+        bucket_name, key = parse_s3_uri(uri)
+        return json.loads(s3.get_object(Bucket=bucket_name, Key=key)["Body"].read())
+
+    frozen = get_version(sqlite_catalog, version[0])
+    assert frozen.coco_uri and frozen.manifest_uri
+    plan = plan_export(stored(frozen.coco_uri), stored(frozen.manifest_uri))
+    result = export_version(sqlite_catalog, s3, version[0], tmp_path / "coco", fmt="coco")
+    assert result.labels.read_bytes() == json.dumps(plan.coco).encode()
+    assert result.manifest.read_bytes() == json.dumps(plan.manifest, indent=1).encode()
+    assert [i["file_name"] for i in plan.coco["images"]] != [i["file_name"] for i in stored(frozen.coco_uri)["images"]]
+
+
+def test_cli_yolo_seg_export_reads_back_with_supervision(
+    sqlite_catalog: Catalog,
+    settings: Settings,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    version: tuple[int, list[MadeImage]],
+) -> None:
+    """Through ``maskloop versions export --format yolo-seg --images``. supervision fills the polygons with OpenCV
+    (pixel centres, edges included), so each box mask comes back grown by the one pixel row and column its
+    outline's bottom and right edges fall on, and by nothing else."""
+    import supervision as sv
+
+    from flows.cli import main
+
+    version_id, images = version
+    for name, value in {
+        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
+        "MASKLOOP_DATABASE_URL": sqlite_catalog.url,
+        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
+        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
+        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
+    }.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "yolo"
+    capfd.readouterr()
+    assert main(["versions", "export", str(version_id), "--format", "yolo-seg", "--out", str(out), "--images"]) == 0
+    printed = capfd.readouterr().out.splitlines()
+    assert printed[0] == f"exported version {version_id} to {out}"
+    assert [line.split()[0] for line in printed[1:]] == ["data.yaml", "labels/", "manifest.json", "images/"]
+    assert printed[2].endswith("3 label files, 4 polygons") and " 3 image files, " in printed[4]
+    assert sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels", "manifest.json"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["labels"] == "data.yaml" and manifest["export"]["images_dir"] == "images/"
+
+    dataset = sv.DetectionDataset.from_yolo(
+        images_directory_path=str(out / "images"),
+        annotations_directory_path=str(out / "labels"),
+        data_yaml_path=str(out / "data.yaml"),
+        is_obb=False,
+        force_masks=True,
+    )
+    assert dataset.classes == ["cat", "dog"] and len(dataset) == len(images)
+    by_uri = {m.uri: m for m in images}
+    made_of = {item["file_name"]: by_uri[item["key"]] for item in manifest["items"]}
+    loaded_names = set()
+    for path, image, detections in dataset:
+        made = made_of[Path(path).name]
+        loaded_names.add(Path(path).name)
+        assert image.shape[:2] == (made.height, made.width)
+        assert [dataset.classes[c] for c in detections.class_id] == made.labels
+        for loaded, mask in zip(detections.mask, made.masks, strict=True):
+            grown = mask.copy()
+            grown[1:] |= mask[:-1]
+            grown[:, 1:] |= grown[:, :-1]
+            assert np.array_equal(loaded, grown)
+    assert loaded_names == set(made_of)
+
+
+def test_an_unknown_format_is_refused_before_anything_is_written(
+    sqlite_catalog: Catalog, s3: Any, tmp_path: Path, version: tuple[int, list[MadeImage]]
+) -> None:
+    with pytest.raises(UnknownExportFormatError, match="export format 'voc' is not known; choose one of coco"):
+        export_version(sqlite_catalog, s3, version[0], tmp_path / "voc", fmt="voc")
+    assert not (tmp_path / "voc").exists()

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from model.instances import Instances
-from storage.catalog import Annotation, Asset, Catalog, LabelStudioProject, LabelStudioTask
+from storage.catalog import Annotation, AnnotationProject, AnnotationTask, Asset, Catalog
 from storage.versions import CreateResult, create_version
 
 
@@ -49,10 +49,10 @@ def make_version(
     and freeze that project as a dataset version under ``s3://bucket/datasets``."""
     made: list[MadeImage] = []
     with catalog.session() as session:
-        project = LabelStudioProject(
-            ls_url="http://127.0.0.1:9",
+        project = AnnotationProject(
+            backend_url="http://127.0.0.1:9",
             name=project_name,
-            ls_project_id=1,
+            external_project_id=1,
             media_kind="image",
             classes=list(classes),
             label_config="<View/>",
@@ -80,15 +80,15 @@ def make_version(
             )
             session.add(asset)
             session.flush()
-            task = LabelStudioTask(asset_id=asset.id, project_id=project.id, ls_task_id=100 + i)
+            task = AnnotationTask(asset_id=asset.id, project_id=project.id, external_task_id=100 + i)
             session.add(task)
             session.flush()
             records = Instances(masks=np.stack(masks), labels=labels, scores=np.ones(len(masks), np.float32))
             instances = records.to_records()
             session.add(
                 Annotation(
-                    ls_task_row_id=task.id,
-                    ls_annotation_id=1000 + i,
+                    task_row_id=task.id,
+                    external_annotation_id=1000 + i,
                     status="accepted",
                     instances=instances,
                     content_hash=hashlib.sha256(json.dumps(instances, sort_keys=True).encode()).hexdigest(),

@@ -20,7 +20,7 @@ def restore_threads():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.testing import save_tiny_sam2
+    from tests.support.tiny_models import save_tiny_sam2
 
     return save_tiny_sam2(tmp_path_factory.mktemp("sam2-tiny"), image_size=64)
 

@@ -15,6 +15,9 @@ from storage.formats.export_layout import (
     plan_export,
     safe_basename,
 )
+from storage.formats.exporter import ExportedFile
+
+COCO_LINE = ExportedFile("labels.json", "COCO: 3 images, 5 annotations, 2 categories (file_name relative to data/)")
 
 
 @pytest.mark.parametrize(
@@ -159,9 +162,7 @@ def _result(tmp: Path, **changes: Any) -> ExportResult:
         "images_dir": tmp / "data",
         "image_files": (tmp / "data" / "7_cat.png", tmp / "data" / "8_cat.png"),
         "image_bytes": 3 * 1024 + 512,
-        "coco_images": 3,
-        "annotations": 5,
-        "categories": 2,
+        "files": (COCO_LINE,),
         "items": 3,
         "image_records": 2,
         "frame_records": 1,
@@ -201,7 +202,23 @@ def _result(tmp: Path, **changes: Any) -> ExportResult:
                 "  sha256 mismatch 8_cat.png: S3 now holds other bytes than the version froze",
             ],
         ),
+        (
+            {
+                "files": (ExportedFile("data.yaml", "YOLO"), ExportedFile("labels/", "2 label files")),
+                "images_name": "images",
+                "images_dir": None,
+                "frame_records": 0,
+            },
+            [
+                "exported version 3 to /x",
+                "  data.yaml       YOLO",
+                "  labels/         2 label files",
+                "  manifest.json   3 items",
+                "  images/         not written: --images downloads the 2 image files",
+            ],
+        ),
     ],
+    ids=["coco", "coco-without-images", "coco-sha256-mismatch", "another-format-names-its-files-and-image-folder"],
 )
 def test_summary_lists_every_file_written(changes: dict[str, Any], expected: list[str]) -> None:
     assert _result(Path("/x"), **changes).summary_lines() == expected

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from model.instances import Instances
-from storage.catalog import Catalog, LabelStudioTask
+from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.labelstudio.server import LabelStudioServer
@@ -92,7 +92,7 @@ def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
         [(asset, f"{base_url}/grey.png", Instances(masks=mask, labels=["cat"], scores=[0.9]), version, 0.2)],
     )
     with ls_catalog.session() as session:
-        task_id = session.query(LabelStudioTask).one().ls_task_id
+        task_id = session.query(AnnotationTask).one().external_task_id
     stored = ls_client.list_predictions(task_id)
     assert [(p["model_version"], [r["type"] for r in p["result"]]) for p in stored] == [(version, ["brushlabels"])]
 
@@ -112,7 +112,7 @@ def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
             page.click("button[type=submit]")
             page.wait_for_url(lambda url: "/user/login" not in url)
             # no annotation yet: the editor pre-fills a draft from the prediction of the project's model_version
-            page.goto(f"{label_studio_server.url}/projects/{project.ls_project_id}/data?task={task_id}")
+            page.goto(f"{label_studio_server.url}/projects/{project.external_project_id}/data?task={task_id}")
             try:
                 expect(page.locator(".lsf-outliner-item")).to_have_count(1, timeout=90_000)
             except AssertionError as exc:

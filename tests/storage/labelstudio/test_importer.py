@@ -13,11 +13,12 @@ import pytest
 from model.instances import Instances
 from model.masks import mask_to_rle
 from model.tracks import Track, TrackFrame, VideoTracks
-from storage.catalog import Catalog, LabelStudioTask
+from storage.annotation.items import ImportItem, model_version_string
+from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio import importer
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.convert import brush_rle_to_mask
-from storage.labelstudio.importer import ImportItem, _batches, ensure_project, import_predictions, model_version_string
+from storage.labelstudio.importer import _batches, ensure_project, import_predictions
 
 pytestmark = pytest.mark.labelstudio
 
@@ -44,9 +45,9 @@ def _items(asset_ids: list[int], version: str = V1) -> list[ImportItem]:
     ]
 
 
-def _catalog_rows(catalog: Catalog) -> list[LabelStudioTask]:
+def _catalog_rows(catalog: Catalog) -> list[AnnotationTask]:
     with catalog.session() as session:
-        return list(session.query(LabelStudioTask).all())
+        return list(session.query(AnnotationTask).all())
 
 
 def test_ensure_project_creates_one_project_from_the_class_list_with_uncertainty_sampling(
@@ -55,16 +56,16 @@ def test_ensure_project_creates_one_project_from_the_class_list_with_uncertainty
     name = _name("create")
     row = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
     again = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
-    assert again.id == row.id and again.ls_project_id == row.ls_project_id
+    assert again.id == row.id and again.external_project_id == row.external_project_id
     assert len(ls_client.list_projects(title=name)) == 1
-    project = ls_client.get_project(row.ls_project_id)
+    project = ls_client.get_project(row.external_project_id)
     assert project["sampling"] == "Uncertainty sampling"
     assert project["show_collab_predictions"] is True
     assert 'BrushLabels name="brush"' in project["label_config"] and 'value="dog"' in project["label_config"]
     assert 'RectangleLabels name="rect"' in project["label_config"]
     grown = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog", "bird"], rectangles=True)
     assert grown.classes == ["cat", "dog", "bird"]
-    assert 'value="bird"' in ls_client.get_project(row.ls_project_id)["label_config"]
+    assert 'value="bird"' in ls_client.get_project(row.external_project_id)["label_config"]
 
 
 def test_ensure_project_adopts_a_label_studio_project_the_catalog_lost(
@@ -73,7 +74,7 @@ def test_ensure_project_adopts_a_label_studio_project_the_catalog_lost(
     name = _name("adopt")
     created = ls_client.create_project(name, "<View><Image name='image' value='$image'/></View>")
     row = ensure_project(ls_client, ls_catalog, name, "image", ["cat"])
-    assert row.ls_project_id == created["id"]
+    assert row.external_project_id == created["id"]
     assert len(ls_client.list_projects(title=name)) == 1
 
 
@@ -84,15 +85,15 @@ def test_bulk_import_of_500_tasks_with_brush_predictions_then_rerun_imports_noth
     ids = make_assets(500)
     report = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=200)
     assert (report.created, report.skipped, report.refreshed, report.batches) == (500, 0, 0, 3)
-    ls_project = ls_client.get_project(project.ls_project_id)
+    ls_project = ls_client.get_project(project.external_project_id)
     assert ls_project["task_number"] == 500
     assert ls_project["model_version"] == V1
     rows = _catalog_rows(ls_catalog)
     assert len(rows) == 500 and {r.last_model_version for r in rows} == {V1}
     row = next(r for r in rows if r.asset_id == ids[123])
-    task = ls_client.get_task(row.ls_task_id)
+    task = ls_client.get_task(row.external_task_id)
     assert task["data"]["maskloop_asset_id"] == ids[123] and task["data"]["image"].endswith(f"/{ids[123]}.jpg")
-    (pred,) = ls_client.list_predictions(row.ls_task_id)
+    (pred,) = ls_client.list_predictions(row.external_task_id)
     assert pred["model_version"] == V1 and pred["score"] == pytest.approx(0.01 * (ids[123] % 100))
     (region,) = pred["result"]
     np.testing.assert_array_equal(brush_rle_to_mask(region["value"]["rle"], 480, 640), _instances(ids[123]).masks[0])
@@ -100,7 +101,7 @@ def test_bulk_import_of_500_tasks_with_brush_predictions_then_rerun_imports_noth
 
     rerun = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=200)
     assert (rerun.created, rerun.skipped, rerun.refreshed) == (0, 500, 0)
-    assert ls_client.get_project(project.ls_project_id)["task_number"] == 500
+    assert ls_client.get_project(project.external_project_id)["task_number"] == 500
 
 
 def test_crash_between_post_and_commit_is_reconciled_without_duplicates(
@@ -125,14 +126,14 @@ def test_crash_between_post_and_commit_is_reconciled_without_duplicates(
         import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=10)
     monkeypatch.setattr(importer, "_record_tasks", real_record)
     assert len(_catalog_rows(ls_catalog)) == 10
-    assert ls_client.get_project(project.ls_project_id)["task_number"] == 20
+    assert ls_client.get_project(project.external_project_id)["task_number"] == 20
 
     report = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=10)
     assert (report.reconciled, report.created, report.skipped) == (10, 10, 20)
-    assert ls_client.get_project(project.ls_project_id)["task_number"] == 30
-    tasks = list(ls_client.iter_tasks(project.ls_project_id))
+    assert ls_client.get_project(project.external_project_id)["task_number"] == 30
+    tasks = list(ls_client.iter_tasks(project.external_project_id))
     assert sorted(t["data"]["maskloop_asset_id"] for t in tasks) == sorted(ids)
-    assert {r.ls_task_id for r in _catalog_rows(ls_catalog)} == {t["id"] for t in tasks}
+    assert {r.external_task_id for r in _catalog_rows(ls_catalog)} == {t["id"] for t in tasks}
 
 
 def test_lost_response_is_retried_after_reconciling_so_nothing_is_duplicated(
@@ -156,7 +157,7 @@ def test_lost_response_is_retried_after_reconciling_so_nothing_is_duplicated(
     monkeypatch.setattr(ls_client, "import_tasks_counted", post_then_lose_response)
     report = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=5, backoff_s=0.01)
     assert report.created + report.reconciled == 12 and report.reconciled == 5
-    assert ls_client.get_project(project.ls_project_id)["task_number"] == 12
+    assert ls_client.get_project(project.external_project_id)["task_number"] == 12
     assert len(_catalog_rows(ls_catalog)) == 12
 
 
@@ -183,7 +184,7 @@ def test_tasks_that_label_studio_created_without_their_prediction_get_it_added(
     monkeypatch.setattr(ls_client, "import_tasks_counted", first_batch_loses_its_predictions)
     report = import_predictions(ls_client, ls_catalog, project, _items(ids), max_batch_tasks=4)
     assert (report.created, report.restored) == (6, 4)
-    tasks = list(ls_client.iter_tasks(project.ls_project_id, all_fields=True))
+    tasks = list(ls_client.iter_tasks(project.external_project_id, all_fields=True))
     assert len(tasks) == 6 and all(len(t["predictions"]) == 1 for t in tasks)
     assert import_predictions(ls_client, ls_catalog, project, _items(ids)).skipped == 6, "nothing twice"
 
@@ -194,20 +195,20 @@ def test_new_model_version_adds_predictions_and_keeps_tasks_and_human_annotation
     project = ensure_project(ls_client, ls_catalog, _name("refresh"), "image", ["cat", "dog"])
     ids = make_assets(3)
     import_predictions(ls_client, ls_catalog, project, _items(ids, V1))
-    before = {r.asset_id: r.ls_task_id for r in _catalog_rows(ls_catalog)}
+    before = {r.asset_id: r.external_task_id for r in _catalog_rows(ls_catalog)}
     human = ls_client.create_annotation(before[ids[0]], [{**_fixed_result("dog"), "id": "human1"}])
 
     report = import_predictions(ls_client, ls_catalog, project, _items(ids, V2))
     assert (report.created, report.refreshed, report.skipped) == (0, 3, 0)
-    after = {r.asset_id: r.ls_task_id for r in _catalog_rows(ls_catalog)}
+    after = {r.asset_id: r.external_task_id for r in _catalog_rows(ls_catalog)}
     assert after == before
-    assert ls_client.get_project(project.ls_project_id)["task_number"] == 3
+    assert ls_client.get_project(project.external_project_id)["task_number"] == 3
     task = ls_client.get_task(before[ids[0]])
     assert [a["id"] for a in task["annotations"]] == [human["id"]]
     assert task["annotations"][0]["result"][0]["value"]["brushlabels"] == ["dog"]
     assert sorted(p["model_version"] for p in ls_client.list_predictions(before[ids[0]])) == sorted([V1, V2])
     assert {r.last_model_version for r in _catalog_rows(ls_catalog)} == {V2}
-    assert ls_client.get_project(project.ls_project_id)["model_version"] == V2
+    assert ls_client.get_project(project.external_project_id)["model_version"] == V2
     assert import_predictions(ls_client, ls_catalog, project, _items(ids, V2)).skipped == 3
 
 
@@ -229,9 +230,9 @@ def test_video_tracks_import_as_videorectangle_predictions(
     report = import_predictions(ls_client, ls_catalog, project, [(asset, "http://127.0.0.1:9/v.mp4", tracks, V1, 0.3)])
     assert report.created == 1
     (row,) = _catalog_rows(ls_catalog)
-    task = ls_client.get_task(row.ls_task_id)
+    task = ls_client.get_task(row.external_task_id)
     assert task["data"]["video"] == "http://127.0.0.1:9/v.mp4"
-    (pred,) = ls_client.list_predictions(row.ls_task_id)
+    (pred,) = ls_client.list_predictions(row.external_task_id)
     (region,) = pred["result"]
     assert (
         region["type"] == "videorectangle" and region["from_name"] == "box" and region["value"]["labels"] == ["person"]
@@ -251,7 +252,7 @@ def test_unknown_label_is_rejected_before_anything_is_sent(
     wrong_tag = [{**_fixed_result("cat"), "from_name": "mask"}]
     with pytest.raises(ValueError, match="from_name 'mask'"):
         import_predictions(ls_client, ls_catalog, project, [(ids[0], "http://127.0.0.1:9/x.jpg", wrong_tag, V1, None)])
-    assert ls_client.get_project(project.ls_project_id)["task_number"] == 0
+    assert ls_client.get_project(project.external_project_id)["task_number"] == 0
     assert _catalog_rows(ls_catalog) == []
 
 

@@ -1,0 +1,131 @@
+"""The model stage: run the model on a fetched batch and store its predictions in the catalog.
+
+The model itself is injected as a :class:`Predictor` (functions from ``model/``, built by the task that loaded the
+model), so this module only decodes, records and classifies failures: an image that does not decode fails alone, a
+video whose tracking raises fails alone, out-of-memory and a lost cache file are transient (the next run retries).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from model.errors import BadMediaError
+from storage.catalog import Asset, Prediction
+from storage.prelabel.fetch import local_path, media_failure
+from storage.prelabel.plan import StageReport, record_failures
+from storage.services import Services
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from model.instances import Instances
+    from model.tracks import VideoTracks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """The model as the predict stage sees it: decoded images -> one :class:`Instances` each; a video file -> tracks."""
+
+    images: Callable[[list[np.ndarray]], list[Instances]]
+    video: Callable[[Path], VideoTracks]
+
+
+def task_score(scores: Iterable[float] | None) -> float:
+    """Uncertainty for review order (Label Studio serves low first): the weakest instance's predicted IoU; an image
+    with no instance at all scores 0 (someone should look)."""
+    finite = [float(s) for s in (scores if scores is not None else []) if not math.isnan(float(s))]
+    return min(finite) if finite else 0.0
+
+
+def segment(
+    services: Services, run_id: int, asset_ids: Sequence[int], model_version: str, model: Predictor
+) -> StageReport:
+    """Run ``model`` on a fetched batch and store one prediction row per asset; assets that already have this
+    model version's prediction are skipped (resume), undecodable ones are recorded as failed."""
+    from model.images import decode_image
+    from model.tracks import tracks_to_json
+
+    report = StageReport()
+    settings, catalog = services.settings, services.catalog
+    with catalog.session() as session:
+        done = set(
+            session.scalars(
+                select(Prediction.asset_id).where(
+                    Prediction.asset_id.in_(asset_ids), Prediction.model_version == model_version
+                )
+            )
+        )
+        assets = [
+            a
+            for a in session.scalars(select(Asset).where(Asset.id.in_(asset_ids)).order_by(Asset.id))
+            if a.id not in done
+        ]
+    report.skipped = sorted(done)
+    images: list[tuple[Asset, Any]] = []
+    rows: list[Prediction] = []
+    for asset in assets:
+        try:
+            if asset.media_type == "video":
+                video = model.video(local_path(settings, asset))
+                scores = [f.score for t in video.tracks for f in t.frames]
+                rows.append(
+                    Prediction(
+                        asset_id=asset.id,
+                        run_id=run_id,
+                        model_version=model_version,
+                        instances=[tracks_to_json(video)],
+                        num_instances=len(video.tracks),
+                        score=task_score([sum(scores) / len(scores)] if scores else []),
+                    )  # type: ignore[arg-type]
+                )
+                report.ok.append(asset.id)
+            else:
+                images.append((asset, decode_image(local_path(settings, asset).read_bytes(), asset.uri)))
+        except BadMediaError as error:
+            report.failed[asset.id] = media_failure(asset, error, local_path(settings, asset))
+        except FileNotFoundError as error:  # the download cache lost it: the next run fetches it again
+            report.failed[asset.id] = f"{asset.uri}: not in the download cache ({error})"
+            report.transient.add(asset.id)
+        except Exception as error:  # noqa: BLE001 - one video must not sink the batch; the reason is recorded
+            log.exception("tracking %s failed", asset.uri)
+            report.failed[asset.id] = f"{asset.uri}: tracking failed ({type(error).__name__}: {error})"
+            if is_out_of_memory(error):
+                report.transient.add(asset.id)
+    if images:
+        results = model.images([img for _, img in images])
+        for (asset, _), instances in zip(images, results, strict=True):
+            records = instances.to_records()
+            rows.append(
+                Prediction(
+                    asset_id=asset.id,
+                    run_id=run_id,
+                    model_version=model_version,
+                    instances=records,
+                    num_instances=len(records),
+                    score=task_score(instances.scores),
+                )  # type: ignore[arg-type]
+            )
+            report.ok.append(asset.id)
+    report.instances = sum(r.num_instances for r in rows)
+    with catalog.session() as session:
+        session.add_all(rows)
+        for asset, image in images:  # the decoded size is the truth the masks are stored at
+            row = session.get(Asset, asset.id)
+            if row is not None and (row.height, row.width) != image.shape[:2]:
+                row.height, row.width = image.shape[:2]
+    record_failures(catalog, run_id, "segment", report.failed, report.transient)
+    return report
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Host or accelerator memory ran out (``torch.OutOfMemoryError`` is a RuntimeError): worth another try."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error)
