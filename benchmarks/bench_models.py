@@ -1,7 +1,8 @@
 """Model families on CPU at their released architectures (random weights: speed does not depend on them).
 
     python -m benchmarks.bench_models                        # SAM 2.1 tiny vs EdgeTAM vs SAM 3, 1 thread, 3 rounds
-    python -m benchmarks.bench_models --threads 2 --rounds 5 --families sam2,sam3
+                                                             # (SAM 3 at 1008 px: ~2-3 min per round on one core)
+    python -m benchmarks.bench_models --threads 2 --rounds 5 --families sam2,sam3     # SAM 2.1 tiny first: the base
 
 Per family and round, one image (640x480, random pixels) goes through the path a pre-label job takes:
 
@@ -10,8 +11,8 @@ Per family and round, one image (640x480, random pixels) goes through the path a
 - SAM 3: ``ConceptSegmenter.segment`` with ``--classes`` class phrases (strategy ``concept``), and the vision
   encoder alone.
 
-Printed: the median over rounds of images/s for the full path and for the encoder, and each as a ratio to SAM 2.1
-tiny measured in the same run (the machine is shared and noisy: compare ratios, not absolute numbers). A family whose
+Printed: the median over rounds of images/s for the full path (and with ``--encoder`` for the encoder alone), each
+as a ratio to SAM 2.1 tiny measured in the same run (the machine is shared and noisy: compare ratios, not absolute numbers). A family whose
 packages are missing (EdgeTAM needs timm) is reported as skipped with the reason.
 """
 
@@ -78,7 +79,9 @@ def _seconds(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def measure(family: str, image: np.ndarray, rounds: int, boxes: int, classes: list[str]) -> Row:
+def measure(
+    family: str, image: np.ndarray, rounds: int, boxes: int, classes: list[str], encoder_too: bool = False
+) -> Row:
     label, seg = _build(family)
     params_m = sum(p.numel() for p in seg.model.parameters()) / 1e6
     rng = np.random.default_rng(0)
@@ -105,25 +108,24 @@ def measure(family: str, image: np.ndarray, rounds: int, boxes: int, classes: li
     full_s, encoder_s = [], []
     for _ in range(rounds):
         full_s.append(_seconds(full))
-        encoder_s.append(_seconds(encoder))
+        if encoder_too:
+            encoder_s.append(_seconds(encoder))
     return Row(family, label, params_m, full_s, encoder_s)
 
 
-def _report(rows: list[Row]) -> None:
-    base = next((r for r in rows if r.family == BASELINE and r.full_s), None)
-    print(f"{'model':<14} {'params':>8} {'img/s':>8} {'ratio':>7} {'enc img/s':>10} {'ratio':>7}  rounds (s)")
-    for row in rows:
-        if not row.full_s:
-            print(f"{row.label:<14} skipped: {row.note}")
-            continue
-        full = 1.0 / statistics.median(row.full_s)
-        enc = 1.0 / statistics.median(row.encoder_s)
-        r_full = full * statistics.median(base.full_s) if base else float("nan")
-        r_enc = enc * statistics.median(base.encoder_s) if base else float("nan")
-        rounds = ", ".join(f"{s:.2f}" for s in row.full_s)
-        print(
-            f"{row.label:<14} {row.params_m:>7.1f}M {full:>8.3f} {r_full:>6.2f}x {enc:>10.3f} {r_enc:>6.2f}x  {rounds}"
-        )
+HEADER = f"{'model':<14} {'params':>8} {'img/s':>8} {'ratio':>7} {'enc img/s':>10} {'ratio':>7}  rounds (s)"
+
+
+def _line(row: Row, base: Row | None) -> str:
+    """One table row; ratios are to ``base`` (SAM 2.1 tiny of the same run)."""
+    if not row.full_s:
+        return f"{row.label:<14} skipped: {row.note}"
+    full = 1.0 / statistics.median(row.full_s)
+    enc = 1.0 / statistics.median(row.encoder_s) if row.encoder_s else float("nan")
+    r_full = full * statistics.median(base.full_s) if base else float("nan")
+    r_enc = enc * statistics.median(base.encoder_s) if base and base.encoder_s else float("nan")
+    rounds = ", ".join(f"{s:.2f}" for s in row.full_s)
+    return f"{row.label:<14} {row.params_m:>7.1f}M {full:>8.3f} {r_full:>6.2f}x {enc:>10.3f} {r_enc:>6.2f}x  {rounds}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,20 +136,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--boxes", type=int, default=8, help="box prompts per image for SAM 2 / EdgeTAM")
     parser.add_argument("--classes", default="person,car", help="class phrases per image for SAM 3")
     parser.add_argument("--size", default="480x640", help="image HxW")
+    parser.add_argument("--encoder", action="store_true", help="also time the image encoder alone (doubles the run)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.split("x"))
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     classes = [c for c in args.classes.split(",") if c]
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds, image {height}x{width}")
-    rows = []
+    print(HEADER, flush=True)
+    base: Row | None = None
     for family in [f for f in args.families.split(",") if f]:
         try:
-            rows.append(measure(family, image, args.rounds, args.boxes, classes))
+            row = measure(family, image, args.rounds, args.boxes, classes, encoder_too=args.encoder)
         except Exception as exc:  # a family whose packages are missing is reported, not fatal
-            rows.append(Row(family, family, 0.0, [], [], note=f"{exc.__class__.__name__}: {exc}"[:160]))
-        torch.set_num_threads(args.threads)
-    _report(rows)
+            row = Row(family, family, 0.0, [], [], note=f"{exc.__class__.__name__}: {exc}"[:160])
+        if family == BASELINE and row.full_s:
+            base = row
+        print(_line(row, base), flush=True)  # row by row: a long SAM 3 run still leaves the rows before it
 
 
 if __name__ == "__main__":

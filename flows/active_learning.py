@@ -22,7 +22,7 @@ from prefect.context import get_run_context
 from flows.prelabel import gpu_slot
 from model.al_heldout import promotion
 from storage.annotation.items import model_version_string
-from storage.catalog.active_learning import Item, RoundState, jsonable, recorded_round
+from storage.catalog.active_learning import RoundItems, RoundState, jsonable, recorded_round
 from storage.catalog.active_learning_pool import PoolScore
 from storage.catalog.runs import recorded_run
 from storage.params import ActiveLearningParams
@@ -31,10 +31,10 @@ from storage.settings import Settings
 from tasks.active_learning import (
     calibrate_weights,
     evaluate_models,
-    find_project,
     finetune_model,
     import_relabels,
     open_round,
+    round_project,
     score_pool_batch,
     select_review,
     write_task_scores,
@@ -76,7 +76,7 @@ def active_learning_flow(params: ActiveLearningParams, settings: Settings | None
     with services, recorded_run(services.catalog, "active-learning", recorded, flow_run_id, {"round": None}) as run:
         run.counts["promoted"] = False
         harvested = harvest_annotations(services, params.project)
-        project_id, has_corrections = find_project(services, params.project)
+        project_id, has_corrections = round_project(services, params.project)
         data_version_id = None
         if params.dest and has_corrections:
             data_version_id = freeze_version(
@@ -105,9 +105,7 @@ def active_learning_flow(params: ActiveLearningParams, settings: Settings | None
                 }
             )
             with gpu_slot(params.gpu_limit):
-                relabel, scores, scored_with = _model_work(
-                    services, state, params, items.train, items.test, items.pool, run.id
-                )
+                relabel, scores, scored_with = _model_work(services, state, params, items, run.id)
             run.counts["promoted"] = state.promoted
             pool = items.pool
             versions = {i.asset_id: (relabel or i.model_version) for i in pool}
@@ -146,16 +144,11 @@ def active_learning_flow(params: ActiveLearningParams, settings: Settings | None
 
 
 def _model_work(
-    services: Services,
-    state: RoundState,
-    params: ActiveLearningParams,
-    train: list[Item],
-    test: list[Item],
-    pool: list[Item],
-    run_id: int,
+    services: Services, state: RoundState, params: ActiveLearningParams, items: RoundItems, run_id: int
 ) -> tuple[str | None, list[PoolScore], str]:
     """Fine-tune, compare old and new on the held-out items, promote, then score (and re-pre-label) the pool.
     Returns the re-pre-label's model version (None: not promoted), the pool's scores and the scoring model."""
+    train, test, pool = items.train, items.test, items.pool
     if not params.finetune:
         state.metrics["finetune_skipped"] = "finetune=False"
     elif len(train) < params.min_train_items:

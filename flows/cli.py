@@ -9,33 +9,20 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from flows.options import add_options, params_from
+from flows.cli_catalog import cmd_jobs, cmd_runs, cmd_versions
+from flows.cli_flows import cmd_active_learning, cmd_harvest, cmd_prelabel
+from flows.cli_settings import settings_of, stack_settings_of
+from flows.options import add_options
 from model.errors import MaskloopError
 from model.strategies import STRATEGIES
 from storage.params import HarvestParams, PrelabelParams
-from storage.settings import Settings
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
-    if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
-    return Settings(**overrides)  # type: ignore[arg-type]
-
-
-def _stack_settings(args: argparse.Namespace) -> Settings:
-    """Settings, with the local stack's endpoints/credentials when the user configured no S3/Label Studio."""
-    from storage.stack.manager import Stack
-
-    settings = _settings(args)
-    return Stack(settings.data_dir).settings(settings)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from storage.catalog import Catalog
     from storage.catalog.db import current_revision
 
-    catalog = Catalog(_settings(args).resolved_database_url)
+    catalog = Catalog(settings_of(args).resolved_database_url)
     print(f"catalog {catalog!r} at revision {current_revision(catalog.engine)}")
     return 0
 
@@ -43,7 +30,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_stack(args: argparse.Namespace) -> int:
     from storage.stack.manager import Stack
 
-    settings = _settings(args)
+    settings = settings_of(args)
     stack = Stack(settings.data_dir, prefect_port=args.prefect_port)
     if args.action == "up":
         statuses = stack.up(label_studio=not args.no_label_studio, prefect=not args.no_prefect, base=settings)
@@ -70,7 +57,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def cmd_discover(args: argparse.Namespace) -> int:
     from flows.discover import discover_flow
 
-    report = discover_flow(args.source, settings=_stack_settings(args))
+    report = discover_flow(args.source, settings=stack_settings_of(args))
     print(
         f"listed {report.listed} ({report.sniffed} by content), new {len(report.new_asset_ids)} "
         f"({report.new_revisions} new revisions), unchanged {report.unchanged}, not media {report.not_media}"
@@ -86,7 +73,7 @@ def cmd_skipped(args: argparse.Namespace) -> int:
     from storage.s3 import parse_s3_uri
 
     bucket, prefix = parse_s3_uri(args.source)
-    with Catalog(_settings(args).resolved_database_url) as catalog:
+    with Catalog(settings_of(args).resolved_database_url) as catalog:
         rows = skipped_objects(catalog, bucket, prefix)
     for row in rows:
         print(f"{row.uri}  {row.size} bytes  {row.reason}")
@@ -94,233 +81,10 @@ def cmd_skipped(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prelabel(args: argparse.Namespace) -> int:
-    from flows.prelabel import prelabel_flow
-    from storage.params import PrelabelParams
-
-    result = prelabel_flow(params_from(args, PrelabelParams), settings=_stack_settings(args))
-    c = result.count
-    print(
-        f"run {result.run_id} (job {result.job_id}): {c('done')}/{c('assets')} assets pre-labelled, "
-        f"{c('failed')} failed, {c('instances')} instances, {result.timings.get('assets_per_s', 0.0)} assets/s "
-        f"({result.model_version})"
-    )
-    if c("refreshed") or c("kept"):
-        print(f"existing tasks: {c('refreshed')} got the new prediction, {c('kept')} already annotated were left alone")
-    if c("failed"):
-        print(f"failures: maskloop runs show {result.run_id}")
-    return 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from storage.catalog import Asset, Catalog, Run, RunFailure
-
-    catalog = Catalog(_settings(args).resolved_database_url)
-    with catalog.session() as session:
-        if args.run_id is None:
-            for run in session.scalars(select(Run).order_by(Run.id.desc()).limit(args.last)):
-                print(
-                    f"{run.id:>5} {run.flow_name:<10} {run.status:<10} {run.started_at:%Y-%m-%d %H:%M:%S} {run.model_id or '-'} {run.counts}"
-                )
-            return 0
-        found = session.get(Run, args.run_id)
-        if found is None:
-            print(f"no run {args.run_id}", file=sys.stderr)
-            return 1
-        run = found
-        print(f"run {run.id} ({run.flow_name}, flow run {run.flow_run_id}): {run.status}")
-        print(f"  started {run.started_at}, finished {run.finished_at}")
-        print(f"  model {run.model_id} sha256 {run.checkpoint_sha256}")
-        print(f"  parameters {run.parameters}")
-        print(f"  counts {run.counts} timings {run.timings}")
-        failures = (
-            session.execute(
-                select(RunFailure, Asset)
-                .join(Asset, Asset.id == RunFailure.asset_id)
-                .where(RunFailure.run_id == run.id)
-            )
-            .tuples()
-            .all()
-        )
-        print(f"  failures: {len(failures)}")
-        for failure, asset in failures:
-            print(f"    {asset.uri} [{failure.stage}, {failure.kind}] {failure.reason}")
-        if any(f.kind == "permanent" for f, _ in failures):
-            print("  (transient failures are retried by the job's next run; permanent ones with --retry-failed)")
-    if args.report:
-        from storage.run_report import write_report
-
-        path = write_report(catalog, _settings(args).cache_dir, run.id, Path(args.report))
-        print(f"report: {path.resolve()}")
-    return 0
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    from storage.catalog import Catalog, jobs
-
-    catalog = Catalog(_settings(args).resolved_database_url)
-    try:
-        found = jobs.summaries(catalog, args.job_id if args.action == "show" else None)
-        if args.action == "show" and not found:
-            print(f"no job {args.job_id}", file=sys.stderr)
-            return 1
-        if args.action == "list":
-            print(f"{'job':>5}  {'covered':>7} {'pending':>7} {'failed':>6}  project / model version")
-        for job in found:
-            failed = job.failed_transient + job.failed_permanent
-            if args.action == "list":
-                print(
-                    f"{job.id:>5}  {job.covered:>7} {job.pending:>7} {failed:>6}  {job.project} / {job.model_version}"
-                )
-                continue
-            print(f"job {job.id}: project {job.project!r}, model version {job.model_version}")
-            print(
-                f"  sources {', '.join(job.sources) or '-'}; {job.runs} runs; last run {job.updated_at:%Y-%m-%d %H:%M:%S}"
-            )
-            print(f"  covered {job.covered}, pending {job.pending}, failed {failed}", end="")
-            print(f" ({job.failed_transient} transient: retried next run; {job.failed_permanent} permanent)")
-            for uri, kind, stage, reason in jobs.failures(catalog, job.id):
-                print(f"    {uri} [{stage}, {kind}] {reason}")
-    finally:
-        catalog.dispose()
-    return 0
-
-
-def cmd_harvest(args: argparse.Namespace) -> int:
-    from flows.harvest import harvest_flow
-    from storage.params import HarvestParams
-
-    result = harvest_flow(params_from(args, HarvestParams), settings=_stack_settings(args))
-    h = result.harvest
-    print(
-        f"run {result.run_id}: {h.tasks_seen} tasks seen, {h.created} new and {h.updated} changed annotations, "
-        f"{h.skipped} skipped, {len(h.invalid)} invalid, {h.agreement_rows} agreement rows"
-    )
-    for ann_id, reason in h.invalid.items():
-        print(f"  invalid annotation {ann_id}: {reason}")
-    if result.version is not None:
-        v = result.version
-        print(f"dataset {v.dataset} v{v.number} (id {v.version_id}, {'new' if v.created else 'unchanged'})")
-    return 0
-
-
-def cmd_active_learning(args: argparse.Namespace) -> int:
-    from flows.active_learning import active_learning_flow
-    from storage.params import ActiveLearningParams
-
-    params = params_from(args, ActiveLearningParams)
-    result = active_learning_flow(params, settings=_stack_settings(args))
-    m = result.metrics
-    print(
-        f"round {result.round} (run {result.run_id}): {m['corrected_items']} corrected items, "
-        f"{m['train_items']} train / {m['held_out_items']} held out"
-    )
-    if "finetune" in m:
-        ft = m["finetune"]
-        print(f"  fine-tuned {ft['model_version']} ({ft['steps']} steps, {ft['seconds']:.0f} s)")
-    else:
-        print(f"  no fine-tuning: {m.get('finetune_skipped', '-')}")
-    held = m.get("held_out")
-    if held:
-        old, new = held["old"], held["new"]
-        print(
-            f"  held-out mean IoU {old['mean_iou']:.3f} -> {new['mean_iou']:.3f}, "
-            f"accepted unchanged {old['accepted_rate']:.3f} -> {new['accepted_rate']:.3f}"
-        )
-    print(
-        f"  new model promoted; re-pre-labelled {m.get('relabelled', 0)} tasks as {m.get('model_version')}"
-        if result.promoted
-        else f"  model kept ({m.get('not_promoted', 'no new model')})"
-    )
-    weights = m.get("confidence_weights") or {}
-    print(f"  uncertainty signal weights: {weights.get('source')} {weights.get('weights') or ''}".rstrip())
-    pool = m["pool"]
-    print(
-        f"  pool of {pool['items']} tasks scored with {pool['scored_with']} ({params.strategy}); "
-        f"review next: {result.chosen_tasks[:20]}{' ...' if len(result.chosen_tasks) > 20 else ''}"
-    )
-    return 0
-
-
-def cmd_versions(args: argparse.Namespace) -> int:
-    from storage.catalog import Catalog
-    from storage.s3 import make_client
-    from storage.versions import describe, diff_versions, export_version, get_version, list_versions, write_preview
-
-    settings = _stack_settings(args)
-    catalog = Catalog(settings.resolved_database_url)
-    try:
-        if args.action == "create":
-            from storage.annotation import find_project
-            from storage.annotation.registry import DEFAULT_BACKEND
-            from storage.versions import create_version
-
-            if not args.project or not args.dest:
-                raise SystemExit("maskloop versions create: --project and --dest s3://bucket/prefix are required")
-            row = find_project(catalog, args.project, backend=DEFAULT_BACKEND, url=settings.label_studio_url)
-            made = create_version(
-                catalog,
-                make_client(settings),
-                row,
-                args.dest,
-                dataset=args.dataset,
-                tag=args.tag,
-                polygons=args.polygons,
-            )
-            print("\n".join(describe(made.version)))
-            print("created" if made.created else "unchanged: the same data is already this version")
-            for key, reason in made.skipped.items():
-                print(f"  left out {key}: {reason}")
-        elif args.action == "list":
-            for v in list_versions(catalog, args.dataset):
-                c = v.counts
-                print(
-                    f"{v.id:>5} {v.dataset} v{v.number:<4} {v.tag or '-':<12} {v.created_at:%Y-%m-%d %H:%M:%S} "
-                    f"images {c.get('images', 0)} videos {c.get('videos', 0)} instances {c.get('instances', 0)} {v.manifest_hash[:12]}"
-                )
-        elif args.action == "show":
-            print("\n".join(describe(get_version(catalog, _one_id(args)))))
-            if args.preview:
-                print(f"preview: {write_preview(catalog, make_client(settings), _one_id(args), Path(args.preview))}")
-        elif args.action == "diff":
-            if len(args.ids) != 2:
-                raise SystemExit("maskloop versions diff: expects two version ids A B")
-            diff = diff_versions(catalog, args.ids[0], args.ids[1])
-            for name in ("added", "removed", "changed"):
-                items = getattr(diff, name)
-                print(f"{name}: {len(items)}")
-                for key in items:
-                    print(f"  {key}")
-            print("per-class deltas: " + (", ".join(f"{c} {d:+d}" for c, d in diff.class_deltas.items()) or "none"))
-        elif args.action == "export":
-            if not args.out:
-                raise SystemExit("maskloop versions export: --out DIR is required")
-            result = export_version(
-                catalog, make_client(settings), _one_id(args), Path(args.out), fmt=args.format, images=args.images
-            )
-            print("\n".join(result.summary_lines()))
-            if result.sha256_mismatches:
-                return 1
-    except LookupError as error:
-        print(f"maskloop versions {args.action}: {error}", file=sys.stderr)
-        return 1
-    finally:
-        catalog.dispose()
-    return 0
-
-
-def _one_id(args: argparse.Namespace) -> int:
-    if len(args.ids) != 1:
-        raise SystemExit(f"maskloop versions {args.action}: expects one version id")
-    return int(args.ids[0])
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    return run_demo(_settings(args), keep_running=not args.stop_after)
+    return run_demo(settings_of(args), keep_running=not args.stop_after)
 
 
 def cmd_finetune(args: argparse.Namespace, rest: Sequence[str]) -> int:
@@ -347,7 +111,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     from flows.events import listen
     from storage.s3_events import make_sqs_client
 
-    sqs = make_sqs_client(_settings(args), args.sqs_endpoint_url)
+    sqs = make_sqs_client(settings_of(args), args.sqs_endpoint_url)
     print(f"listening on {args.queue_url} (Ctrl-C stops)", file=sys.stderr)
     report = listen(sqs, args.queue_url, wait_s=args.wait, max_polls=args.max_polls)
     print(f"{report.messages} messages, {report.events} s3.object.created events emitted, {report.rejected} rejected")
@@ -508,7 +272,7 @@ def _stack_prefect_api(args: argparse.Namespace) -> Iterator[None]:
         return
     from storage.stack.prefect_server import stack_api_url
 
-    url = stack_api_url(_settings(args).data_dir)
+    url = stack_api_url(settings_of(args).data_dir)
     if url is None:
         yield
         return
@@ -529,7 +293,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     from flows.terminal import configure_logging
 
     models = args.command in {"prelabel", "active-learning", "demo", "finetune"}
-    configure_logging(args.verbose, _settings(args).data_dir / "logs", models=models)
+    configure_logging(args.verbose, settings_of(args).data_dir / "logs", models=models)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,6 @@ STRATEGIES: dict[str, StrategySpec] = {
         needs_classes=True,
         needs_detector=True,
     ),
-    "concept": StrategySpec("concept", "SAM 3: instances per class", run_concept, concept_params, needs_classes=True),
     "prior": StrategySpec(
         "prior",
         "earlier instances' boxes/masks -> re-segmented masks",
@@ -101,6 +100,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         lambda: frozenset({"prompt", "multimask", "prompt_batch"}),
         needs_priors=True,
     ),
+    "concept": StrategySpec("concept", "SAM 3: instances per class", run_concept, concept_params, needs_classes=True),
 }
 
 

@@ -10,9 +10,9 @@ is skipped on scene cuts.
 
 A checkpoint whose memory path is untrained (``trust_memory`` false, from its ``config.json``: see
 :class:`model.video_model.TrackingDefaults`) is tracked by detection instead: SAM 2's propagated masks would be
-noise, so every key frame's proposals (de-duplicated) are associated with the tracks by mask IoU against each
-track's last mask, also shifted by its last motion (:func:`associate`), and frames between key frames are left to
-Label Studio's interpolation. Such checkpoints declare a short key-frame interval (1 for ``shapes-tiny``).
+noise, so every key frame's proposals are associated into tracks (:mod:`model.video_detect`) and frames between
+key frames are left to Label Studio's interpolation. Such checkpoints declare a short key-frame interval (1 for
+``shapes-tiny``).
 """
 
 from __future__ import annotations
@@ -29,17 +29,7 @@ from model.instances import Instances, Prompt
 from model.masks import mask_to_rle, masks_to_boxes
 from model.tracks import Track, TrackFrame, VideoTracks
 from model.video import iter_frames, probe_video
-from model.video_assoc import (  # mask_iou_matrix / greedy_match are re-exported: callers import them from here
-    associate,
-    centroid,
-    dedupe,
-    greedy_match,
-    link_by_position,
-    mask_iou_matrix,
-    mean_colour,
-    overlaps,
-    predict_mask,
-)
+from model.video_assoc import greedy_match, mask_iou_matrix  # re-exported: callers import them from here
 from model.video_cuts import SceneCutDetector
 
 logger = logging.getLogger(__name__)
@@ -114,19 +104,6 @@ def make_proposer(
     return propose
 
 
-@dataclass(frozen=True)
-class _Detection:
-    """A proposal recorded as a track frame (detection mode): present, scored by the proposer."""
-
-    mask: np.ndarray
-    score: float
-    presence: float = 1.0
-
-    @property
-    def visible(self) -> bool:
-        return bool(self.mask.any())
-
-
 @dataclass
 class _TrackState:
     label: str
@@ -183,7 +160,7 @@ class MultiObjectTracker:
 
     def __init__(
         self,
-        session: TrackingSession | None,
+        session: TrackingSession | None,  # None only for :class:`model.video_detect.DetectionTracker`
         proposer: Proposer,
         params: TrackerParams,
         is_key: Callable[[int], bool] = lambda index: False,
@@ -201,9 +178,8 @@ class MultiObjectTracker:
         self._since_key = 0
 
     def add_frame(self, index: int, time_s: float, rgb: np.ndarray) -> None:
-        if self.session is None or not self.params.trust_memory:
-            self._add_detections(index, time_s, rgb)
-            return
+        if self.session is None:
+            raise ValueError("MultiObjectTracker needs a tracking session; DetectionTracker tracks without one")
         outs = dict(self.session.step(rgb))
         cut = self._cuts.update(rgb)
         first = not self.sampled
@@ -218,127 +194,6 @@ class MultiObjectTracker:
         for obj_id, out in outs.items():
             if out.visible:
                 self._record(obj_id, index, time_s, out)
-
-    def _add_detections(self, index: int, time_s: float, rgb: np.ndarray) -> None:
-        """Detection mode (see the module doc): only key frames are recorded. Proposals are matched to the tracks
-        by mask IoU (last or motion-shifted mask); a recent track left without a proposal is re-segmented from its
-        predicted box (``refiner``); proposals still unmatched join a recent track of similar size and colour close
-        to where it was heading, or start a new track."""
-        cut = self._cuts.update(rgb)
-        first = not self.sampled
-        self.sampled.append(index)
-        key = first or cut or self._since_key >= self.params.key_frame_interval or self.is_key(index)
-        self._since_key += 1
-        if not key:
-            return
-        if cut:
-            logger.info("scene cut at frame %d", index)
-        step = len(self.key_frames)  # detection mode counts time in key frames
-        self.key_frames.append(index)
-        self._since_key = 1
-        p = self.params
-        dets = self.proposer(rgb, index)
-        scores = np.asarray(dets.scores if dets.scores is not None else np.ones(len(dets)), np.float64)
-        big = [i for i in range(len(dets)) if int(dets.masks[i].sum()) >= p.min_area]
-        order = np.asarray(big, np.int64)[np.argsort(-scores[big], kind="stable")] if big else np.zeros(0, np.int64)
-        keep = dedupe(dets.masks, order, p.dedupe_iou, p.covered)
-        empty = np.zeros((0, *rgb.shape[:2]), bool)
-        masks = dets.masks[keep] if keep else empty
-        alive = [] if cut else [i for i, s in self.tracks.items() if step - s.last_step <= p.max_lost + 1]
-        states = [self.tracks[i] for i in alive]
-        last = np.stack([s.last_mask for s in states]) if states else empty  # type: ignore[misc]
-        predicted = (
-            np.stack([predict_mask(s.last_mask, s.velocity, step - s.last_step) for s in states]) if states else empty
-        )  # type: ignore[arg-type]
-        taken: dict[int, np.ndarray] = {}  # track id -> its mask on this frame
-        pairs = dict(associate(masks, last, predicted, p.associate_iou))
-        for k, j in pairs.items():
-            self._take(alive[j], step, index, time_s, rgb, masks[k], float(scores[keep[k]]), taken)
-        rest = [k for k in range(len(keep)) if k not in pairs and not overlaps(masks[k], list(taken.values()), p)]
-        free = [j for j, i in enumerate(alive) if i not in taken]
-        links = link_by_position(
-            [masks[k] for k in rest],
-            [predicted[j] for j in free],
-            [states[j].last_mask for j in free],  # type: ignore[misc]
-            rgb,
-            [states[j].colour for j in free],
-            p.link_distance,
-        )
-        for n, j in links:
-            k = rest[n]
-            self.tracks[alive[free[j]]].prompts.append(self._lineage(dets, keep[k], index))
-            self._take(alive[free[j]], step, index, time_s, rgb, masks[k], float(scores[keep[k]]), taken)
-        if self.refiner is not None:
-            self._coast(alive, predicted, step, index, time_s, rgb, taken)
-        linked = {n for n, _ in links}
-        for n, k in enumerate(rest):
-            if n in linked or overlaps(masks[k], list(taken.values()), p):
-                continue
-            if len(self.tracks) >= p.max_objects:
-                logger.warning("frame %d: max_objects=%d reached, proposal dropped", index, p.max_objects)
-                continue
-            obj_id = max(self.tracks, default=0) + 1
-            self.tracks[obj_id] = _TrackState(label=dets.labels[keep[k]], prompts=[self._lineage(dets, keep[k], index)])  # type: ignore[index]
-            self._take(obj_id, step, index, time_s, rgb, masks[k], float(scores[keep[k]]), taken)
-
-    @staticmethod
-    def _lineage(dets: Instances, r: int, index: int) -> Prompt:
-        prompt = dets.prompts[r]  # type: ignore[index]
-        return Prompt(prompt.kind, {**prompt.params, "frame_index": index}, prompt.model_id)
-
-    def _take(
-        self,
-        obj_id: int,
-        step: int,
-        index: int,
-        time_s: float,
-        rgb: np.ndarray,
-        mask: np.ndarray,
-        score: float,
-        taken: dict[int, np.ndarray],
-    ) -> None:
-        state = self.tracks[obj_id]
-        if state.last_mask is not None and step > state.last_step >= 0:
-            (x0, y0), (x1, y1) = centroid(state.last_mask), centroid(mask)
-            gap = step - state.last_step
-            state.velocity = ((x1 - x0) / gap, (y1 - y0) / gap)
-        self._record(obj_id, index, time_s, _Detection(mask, score))
-        state.last_step = step
-        state.colour = mean_colour(rgb, mask)
-        taken[obj_id] = mask
-
-    def _coast(
-        self,
-        alive: list[int],
-        predicted: np.ndarray,
-        step: int,
-        index: int,
-        time_s: float,
-        rgb: np.ndarray,
-        taken: dict[int, np.ndarray],
-    ) -> None:
-        """Re-segment recent tracks that no proposal matched from their predicted boxes; keep a mask only where it
-        is plausibly the same object (score, size, overlap with the prediction) and not another track's."""
-        p = self.params
-        todo = [
-            j
-            for j, i in enumerate(alive)
-            if i not in taken and step - self.tracks[i].last_step <= p.coast_frames and predicted[j].any()
-        ]
-        if not todo or self.refiner is None:
-            return
-        out = self.refiner(rgb, masks_to_boxes(predicted[todo]))
-        for n, j in enumerate(todo):
-            mask, score = out.masks[n], float(out.scores[n]) if out.scores is not None else 1.0
-            state = self.tracks[alive[j]]
-            area, last_area = int(mask.sum()), int(state.last_mask.sum())  # type: ignore[union-attr]
-            if score < p.coast_score or not (0.4 * last_area <= area <= 2.5 * last_area):
-                continue
-            if mask_iou_matrix(mask[None], predicted[j][None])[0, 0] < p.associate_iou:
-                continue
-            if overlaps(mask, list(taken.values()), p):
-                continue
-            self._take(alive[j], step, index, time_s, rgb, mask, score, taken)
 
     def _discover(
         self, index: int, rgb: np.ndarray, outs: Mapping[int, ObjectFrameLike], reacquire: bool = True
@@ -381,9 +236,9 @@ class MultiObjectTracker:
             self.tracks[obj_id].prompts.append(lineage)
             prompts[obj_id] = mask
             union |= mask
-        return self.session.prompt(prompts) if prompts else {}
+        return self.session.prompt(prompts) if prompts and self.session is not None else {}
 
-    def _record(self, obj_id: int, index: int, time_s: float, out: ObjectFrameLike) -> None:
+    def _record(self, obj_id: int, index: int, time_s: float, out: ObjectFrameLike | Any) -> None:
         state = self.tracks.get(obj_id)
         if state is None:
             return
@@ -460,7 +315,14 @@ def track_video(
     proposer = proposer or make_proposer(strategy, segmenter, classes, priors, text_detector, autoprompt_params)
     prior_frames = set(priors or {}) if strategy == "prior" else set()
     session = video_model.new_session(info.height, info.width, prune=prune) if params.trust_memory else None
-    tracker = MultiObjectTracker(session, proposer, params, is_key=prior_frames.__contains__)
+    tracker: MultiObjectTracker
+    if params.trust_memory:
+        tracker = MultiObjectTracker(session, proposer, params, is_key=prior_frames.__contains__)
+    else:
+        from model.video_detect import DetectionTracker, make_refiner
+
+        refiner = make_refiner(segmenter) if segmenter is not None else None
+        tracker = DetectionTracker(None, proposer, params, is_key=prior_frames.__contains__, refiner=refiner)
     for frame in iter_frames(path, every=every, target_fps=target_fps, max_frames=max_frames):
         tracker.add_frame(frame.index, frame.time_s, frame.rgb)
     lineage = {

@@ -38,8 +38,8 @@ def _images_of(services: Services, items: Sequence[Item]) -> list[Any]:
     return [images[i.asset_id] for i in items]
 
 
-@task(name="find-al-project", cache_policy=NO_CACHE)
-def find_project(services: Services, name: str) -> tuple[int, bool]:
+@task(name="round-project", cache_policy=NO_CACHE)
+def round_project(services: Services, name: str) -> tuple[int, bool]:
     """The catalog id of the image project ``name`` and whether it has any accepted corrections."""
     backend = services.annotation
     row = rounds.image_project(services.catalog, name, backend=backend.name, url=backend.url)

@@ -48,16 +48,21 @@ _IO_RETRIES: dict[str, Any] = {
 }
 
 
-def _timed(fn: Any, *args: Any) -> StageReport:
+def _timed(call: Any, fn: Any, *args: Any) -> StageReport:
+    """``call(fn, *args)`` (here or in the I/O helper) with its wall ``seconds`` and the body's ``cpu_seconds``."""
     start = time.perf_counter()
-    report: StageReport = fn(*args)
+    report: StageReport = call(plan.cpu_timed, fn, *args)
     report.seconds = time.perf_counter() - start
     return report
 
 
+def _here(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
 def _in(io: IoProcess | None) -> Any:
     """How a stage body is called: in the I/O helper process when there is one (and it is up), else here."""
-    return io.call if io is not None else lambda fn, *args: fn(*args)
+    return io.call if io is not None else _here
 
 
 @task(name="open-job", cache_policy=NO_CACHE)
@@ -110,7 +115,7 @@ def segment_batch(
     services: Services, run_id: int, asset_ids: list[int], params: PrelabelParams, model_version: str
 ) -> StageReport:
     models = Models.load(services.settings, params.model_id, params.strategy)
-    report = _timed(predict.segment, services, run_id, asset_ids, model_version, models.predictor(params))
+    report = _timed(_here, predict.segment, services, run_id, asset_ids, model_version, models.predictor(params))
     get_run_logger().info(
         "segmented %d assets -> %d instances (%d failed, %d already done) in %.2fs",
         len(report.ok),

@@ -26,15 +26,30 @@ def model_version_string(
 
 
 @dataclass(frozen=True)
+class EncodedInstances:
+    """An image's instances as the catalog stores them (:meth:`Instances.to_records`, masks as COCO RLE) and its
+    size: a backend that converts RLE to its own format directly (Label Studio's brush RLE) never decodes the masks;
+    any other calls :meth:`decode`."""
+
+    records: Sequence[Mapping[str, Any]]
+    height: int
+    width: int
+
+    def decode(self) -> Instances:
+        return Instances.from_records(self.records, self.height, self.width)
+
+
+@dataclass(frozen=True)
 class ImportItem:
-    """One task's worth of pre-labels: ``results`` are :class:`Instances` (image projects), :class:`VideoTracks`
+    """One task's worth of pre-labels: ``results`` are :class:`Instances` or :class:`EncodedInstances` (image
+    projects), :class:`VideoTracks`
     (video projects) or results already in the backend's own format (any project). ``task_score`` is the
     uncertainty used for active learning (low scores are reviewed first); ``frame_index`` -1 means the whole
     asset."""
 
     asset_id: int
     media_url: str
-    results: Instances | VideoTracks | Sequence[Mapping[str, Any]]
+    results: Instances | EncodedInstances | VideoTracks | Sequence[Mapping[str, Any]]
     model_version: str
     task_score: float | None = None
     frame_index: int = -1

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -60,13 +62,16 @@ def encode_brush_runs(lengths: np.ndarray, values: np.ndarray, total: int) -> li
     header_bits = np.array([32, 5, 4, 4, 4, 4], np.int64)
     all_vals = np.concatenate([header_vals, tokens])
     all_bits = np.concatenate([header_bits, nbits])
-    shifts = np.arange(31, -1, -1, dtype=np.uint64)
-    matrix = ((all_vals[:, None] >> shifts) & one).astype(np.uint8)
-    keep = np.arange(32)[None, :] >= (32 - all_bits)[:, None]
-    bits = matrix[keep]
-    pad = 8 - bits.shape[0] % 8  # the SDK always pads, a whole zero byte when already aligned
-    bits = np.concatenate([bits, np.zeros(pad, np.uint8)])
-    return np.packbits(bits).tolist()
+    # Each field (<= 32 bits) lands in a 5-byte window at its byte offset; fields never share a bit, so the bytes
+    # of overlapping windows add up without carries. The SDK always pads: a whole zero byte when already aligned.
+    offsets = np.cumsum(all_bits) - all_bits
+    size = int(offsets[-1] + all_bits[-1]) // 8 + 1
+    window = all_vals << (np.uint64(40) - (offsets % 8 + all_bits).astype(np.uint64))
+    byte_shifts = np.arange(32, -1, -8, dtype=np.uint64)
+    parts = ((window[:, None] >> byte_shifts) & np.uint64(0xFF)).astype(np.float64)
+    where = (offsets // 8)[:, None] + np.arange(5)
+    packed = np.bincount(where.ravel(), weights=parts.ravel(), minlength=size)[:size]
+    return packed.astype(np.uint8).tolist()
 
 
 def mask_to_brush_rle(mask: np.ndarray) -> list[int]:
@@ -127,6 +132,97 @@ def brush_rle_to_mask(rle: Sequence[int], height: int, width: int) -> np.ndarray
     return flat.reshape(height, width, 4)[:, :, 3] > 0
 
 
+# -- COCO RLE -> brush RLE, without decoding the mask -----------------------------------------------------------
+def coco_counts(counts: str | bytes | Sequence[int]) -> np.ndarray:
+    """Run lengths of a COCO RLE ``counts`` (pycocotools' compressed string, or a plain list), first run of 0s."""
+    if not isinstance(counts, (str, bytes)):
+        return np.asarray(counts, np.int64)
+    data = np.frombuffer(counts.encode("ascii") if isinstance(counts, str) else counts, np.uint8).astype(np.int64)
+    data -= 48
+    if data.size == 0:
+        return np.zeros(0, np.int64)
+    if data.min() < 0 or data.max() > 63 or data[-1] & 0x20:
+        raise ValueError("COCO RLE counts string is not pycocotools' compressed format")
+    last = (data & 0x20) == 0  # a value's last 5-bit group (pycocotools' rleFrString)
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    k = np.arange(data.size) - np.repeat(starts, ends - starts + 1)  # group position inside its value
+    values = np.add.reduceat((data & 0x1F) << (5 * k), starts)
+    negative = (data[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * (k[ends][negative] + 1))  # sign extension of the last group
+    out = values.copy()  # from the 4th value on, each is a delta to the one two before
+    out[1::2] = np.cumsum(values[1::2])
+    out[2::2] = np.cumsum(values[2::2])
+    return out
+
+
+def _odd(keys: np.ndarray) -> np.ndarray:
+    """The sorted keys that occur an odd number of times (toggles at one place cancel in pairs)."""
+    uniq, times = np.unique(keys, return_counts=True)
+    return uniq[times % 2 == 1]
+
+
+def _on_spans(group: np.ndarray, rows: np.ndarray, start_on: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+    """Rows where a 0/1 signal per group is 1, as (group, row) pairs: the signal of group ``g`` starts at ``lo``
+    as ``start_on[g]`` and toggles at the (sorted, unique per group) ``rows`` of that group, up to ``hi``."""
+    n = start_on.shape[0]
+    flips = np.bincount(group, minlength=n) % 2
+    end_on = start_on.astype(np.int64) ^ flips
+    g = np.concatenate((np.flatnonzero(start_on), group, np.flatnonzero(end_on)))
+    r = np.concatenate((np.full(int(start_on.sum()), lo), rows, np.full(int(end_on.sum()), hi)))
+    order = np.lexsort((r, g))
+    g, r = g[order], r[order]
+    begin, stop, owner = r[0::2], r[1::2], g[0::2]  # each group's markers pair up: [begin, stop) is on
+    lengths = stop - begin
+    total = int(lengths.sum())
+    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(owner, lengths), np.arange(total) - offsets + np.repeat(begin, lengths)
+
+
+def coco_rle_to_brush_rle(rle: Mapping[str, Any]) -> list[int]:
+    """Label Studio brush RLE of one COCO RLE mask (``{"size": [H, W], "counts": ...}``), byte-identical to
+    ``mask_to_brush_rle(rle_to_mask(rle))`` but computed from the runs alone: COCO's runs go down the columns,
+    the brush's along the rows, and only the pixels where a row changes value are enumerated (no H x W array)."""
+    height, width = (int(v) for v in rle["size"])
+    total = height * width
+    counts = coco_counts(rle["counts"])
+    if int(counts.sum()) != total or (counts < 0).any():
+        raise ValueError(f"COCO RLE counts cover {int(counts.sum())} pixels, its size {height}x{width} is {total}")
+    if total == 0:
+        return mask_to_brush_rle(np.zeros((height, width), bool))
+    toggles = _odd(np.cumsum(counts)[:-1])  # column-major places where the value changes
+    first = bool(toggles.size and toggles[0] == 0)
+    toggles = toggles[toggles > 0]
+    col, row = toggles // height, toggles % height
+    inner = row > 0  # changes inside a column; the others change the value at the top of a column
+    ecol, erow = col[inner], row[inner]
+    top = first ^ (np.searchsorted(toggles, np.arange(width) * height, side="right") % 2).astype(bool)  # M[0, c]
+    # column c against column c-1 (c >= 1): differs at row 0 when their tops differ, then flips where either flips
+    pair_keys = np.concatenate(
+        (
+            ecol[ecol >= 1] * (height + 1) + erow[ecol >= 1],
+            (ecol[ecol < width - 1] + 1) * (height + 1) + erow[ecol < width - 1],
+        )
+    )
+    pair_keys = _odd(pair_keys)
+    pc, pr = _on_spans(pair_keys // (height + 1) - 1, pair_keys % (height + 1), top[1:] != top[:-1], 0, height)
+    positions = [pr * width + pc + 1]
+    if height > 1:  # column 0 of row r against column W-1 of row r-1, for r >= 1
+        at0 = ecol == 0
+        last = ecol == width - 1
+        wrap_rows = _odd(np.concatenate((erow[at0 & (erow >= 2)], erow[last & (erow <= height - 2)] + 1)))
+        bottom_prev = bool(top[width - 1])
+        first_row1 = bool(top[0]) ^ bool(np.any(at0 & (erow == 1)))
+        _, wr = _on_spans(
+            np.zeros(wrap_rows.shape[0], np.int64), wrap_rows, np.array([first_row1 != bottom_prev]), 1, height
+        )
+        positions.append(wr * width)
+    bounds = np.sort(np.concatenate(positions))
+    lengths = np.diff(np.concatenate(([0], bounds, [total])))
+    values = np.where(np.arange(lengths.shape[0]) % 2 == 0, np.uint8(255 * first), np.uint8(255 * (not first)))
+    return encode_brush_runs(lengths * 4, values, total * 4)
+
+
 # -- Instances -> results ----------------------------------------------------------------------------------------
 def _base(
     rid: str, kind: str, from_name: str, to_name: str, height: int, width: int, score: float | None
@@ -170,29 +266,108 @@ def instances_to_results(
 
     Empty masks get no brush/polygon region (the editor cannot show them); rectangles come from ``boxes``.
     """
-    from model.masks import mask_to_polygons
-
     height, width = instances.image_size
     results: list[dict[str, Any]] = []
     for i in range(len(instances)):
-        label = instances.labels[i]  # type: ignore[index]
-        score = float(instances.scores[i])  # type: ignore[index]
         mask = instances.masks[i]
-        has_pixels = bool(mask.any())
-        if brush_from and has_pixels:
-            r = _base(f"{id_prefix}b{i}", BRUSH, brush_from, to_name, height, width, score)
-            r["value"] = {"format": "rle", "rle": mask_to_brush_rle(mask), BRUSH: [label]}
+        results += _regions(
+            _Region(i, instances.labels[i], float(instances.scores[i]), instances.boxes[i], bool(mask.any())),  # type: ignore[index]
+            height,
+            width,
+            partial(mask_to_brush_rle, mask),
+            partial(np.asarray, mask),
+            to_name=to_name,
+            brush_from=brush_from,
+            polygon_from=polygon_from,
+            rectangle_from=rectangle_from,
+            polygon_tolerance=polygon_tolerance,
+            id_prefix=id_prefix,
+        )
+    return results
+
+
+def records_to_results(
+    records: Sequence[Mapping[str, Any]],
+    height: int,
+    width: int,
+    *,
+    to_name: str = "image",
+    brush_from: str | None = "brush",
+    polygon_from: str | None = None,
+    rectangle_from: str | None = None,
+    polygon_tolerance: float = 1.0,
+    id_prefix: str = "",
+) -> list[dict[str, Any]]:
+    """:func:`instances_to_results` of ``Instances.from_records(records, height, width)``, the same results, but
+    brush regions come from each record's COCO RLE directly (:func:`coco_rle_to_brush_rle`): no mask is decoded
+    unless polygons are asked for."""
+    from model.masks import rle_to_mask
+
+    results: list[dict[str, Any]] = []
+    for i, record in enumerate(records):
+        rle = record["rle"]
+        if [int(v) for v in rle["size"]] != [height, width]:
+            raise ValueError(f"records_to_results: RLE size {rle['size']} does not match image ({height}, {width})")
+        counts = coco_counts(rle["counts"])
+        score = float(np.float32(record["score"]))  # as Instances holds it
+        results += _regions(
+            _Region(i, str(record["label"]), score, record["box"], bool(counts[1::2].any())),
+            height,
+            width,
+            partial(coco_rle_to_brush_rle, rle),
+            partial(rle_to_mask, rle),
+            to_name=to_name,
+            brush_from=brush_from,
+            polygon_from=polygon_from,
+            rectangle_from=rectangle_from,
+            polygon_tolerance=polygon_tolerance,
+            id_prefix=id_prefix,
+        )
+    return results
+
+
+@dataclass(frozen=True)
+class _Region:
+    index: int
+    label: str
+    score: float
+    box: Sequence[float]
+    has_pixels: bool
+
+
+def _regions(
+    region: _Region,
+    height: int,
+    width: int,
+    brush: Callable[[], list[int]],
+    mask: Callable[[], np.ndarray],
+    *,
+    to_name: str,
+    brush_from: str | None,
+    polygon_from: str | None,
+    rectangle_from: str | None,
+    polygon_tolerance: float,
+    id_prefix: str,
+) -> list[dict[str, Any]]:
+    """The results of one instance: brush and polygons when it has pixels, a rectangle from its box."""
+    from model.masks import mask_to_polygons
+
+    i, label, score = region.index, region.label, region.score
+    results: list[dict[str, Any]] = []
+    if brush_from and region.has_pixels:
+        r = _base(f"{id_prefix}b{i}", BRUSH, brush_from, to_name, height, width, score)
+        r["value"] = {"format": "rle", "rle": brush(), BRUSH: [label]}
+        results.append(r)
+    if polygon_from and region.has_pixels:
+        for k, poly in enumerate(mask_to_polygons(mask(), tolerance=polygon_tolerance)):
+            pts = np.asarray(poly, np.float64).reshape(-1, 2) * (100.0 / width, 100.0 / height)
+            r = _base(f"{id_prefix}p{i}_{k}", POLYGON, polygon_from, to_name, height, width, score)
+            r["value"] = {"points": pts.tolist(), "closed": True, POLYGON: [label]}
             results.append(r)
-        if polygon_from and has_pixels:
-            for k, poly in enumerate(mask_to_polygons(mask, tolerance=polygon_tolerance)):
-                pts = np.asarray(poly, np.float64).reshape(-1, 2) * (100.0 / width, 100.0 / height)
-                r = _base(f"{id_prefix}p{i}_{k}", POLYGON, polygon_from, to_name, height, width, score)
-                r["value"] = {"points": pts.tolist(), "closed": True, POLYGON: [label]}
-                results.append(r)
-        if rectangle_from:
-            r = _base(f"{id_prefix}r{i}", RECTANGLE, rectangle_from, to_name, height, width, score)
-            r["value"] = {**box_to_percent(instances.boxes[i], height, width), RECTANGLE: [label]}  # type: ignore[index]
-            results.append(r)
+    if rectangle_from:
+        r = _base(f"{id_prefix}r{i}", RECTANGLE, rectangle_from, to_name, height, width, score)
+        r["value"] = {**box_to_percent(region.box, height, width), RECTANGLE: [label]}
+        results.append(r)
     return results
 
 

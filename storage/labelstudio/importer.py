@@ -23,11 +23,11 @@ from sqlalchemy import select
 
 from model.instances import Instances
 from model.tracks import VideoTracks
-from storage.annotation.items import ImportItem, ImportReport
+from storage.annotation.items import EncodedInstances, ImportItem, ImportReport
 from storage.catalog import AnnotationProject, AnnotationTask, Catalog
 from storage.labelstudio.client import LabelStudioClient, LabelStudioError
 from storage.labelstudio.config import MEDIA_KINDS, LabelConfig, label_config_for
-from storage.labelstudio.convert import instances_to_results
+from storage.labelstudio.convert import instances_to_results, records_to_results
 
 logger = logging.getLogger(__name__)
 
@@ -106,20 +106,29 @@ def _as_item(item: ImportItem | Sequence[Any]) -> ImportItem:
 
 
 def _results_for(item: ImportItem, config: LabelConfig) -> list[dict[str, Any]]:
-    if isinstance(item.results, Instances):
+    if isinstance(item.results, (Instances, EncodedInstances)):
         to_name = next(iter(config.objects))
         tags = {c.tag: c.name for c in config.controls.values() if c.to_name == to_name}
         if not {"BrushLabels", "PolygonLabels", "RectangleLabels"} & set(tags):
             raise ValueError(
                 f"asset {item.asset_id}: Instances need an image project with brush/polygon/rectangle tags"
             )
-        results = instances_to_results(
-            item.results,
-            to_name=to_name,
-            brush_from=tags.get("BrushLabels"),
-            polygon_from=tags.get("PolygonLabels"),
-            rectangle_from=tags.get("RectangleLabels"),
-        )
+        brush, polygon, rectangle = tags.get("BrushLabels"), tags.get("PolygonLabels"), tags.get("RectangleLabels")
+        if isinstance(item.results, EncodedInstances):  # brush RLE straight from the catalog's COCO RLE
+            encoded = item.results
+            results = records_to_results(
+                encoded.records,
+                encoded.height,
+                encoded.width,
+                to_name=to_name,
+                brush_from=brush,
+                polygon_from=polygon,
+                rectangle_from=rectangle,
+            )
+        else:
+            results = instances_to_results(
+                item.results, to_name=to_name, brush_from=brush, polygon_from=polygon, rectangle_from=rectangle
+            )
     elif isinstance(item.results, VideoTracks):
         from storage.formats.ls_video import to_ls_video_results
 

@@ -24,9 +24,9 @@ def import_predictions(
 ) -> StageReport:
     """Import the stored predictions of a batch into the (images|videos) project of the annotation backend and mark
     the assets done."""
-    from model.instances import Instances
     from model.tracks import tracks_from_json
     from storage.annotation import ImportItem
+    from storage.annotation.items import EncodedInstances
 
     report = StageReport()
     if not asset_ids:
@@ -44,7 +44,8 @@ def import_predictions(
         if asset.media_type == "video":
             results: Any = tracks_from_json(prediction.instances[0])
         else:
-            results = Instances.from_records(prediction.instances, asset.height or 0, asset.width or 0)
+            # the masks stay COCO RLE: Label Studio's brush RLE is made from it without decoding them
+            results = EncodedInstances(prediction.instances, asset.height or 0, asset.width or 0)
         by_kind[asset.media_type].append(ImportItem(asset.id, url, results, model_version, prediction.score))
     for kind, items in by_kind.items():
         if not items:

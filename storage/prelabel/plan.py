@@ -6,8 +6,10 @@ Each stage takes and returns asset ids (arrays never cross a stage boundary) and
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -35,6 +37,16 @@ class StageReport:
     refreshed: int = 0  # import: existing tasks that got this model version's prediction
     kept: int = 0  # import: existing tasks a person already annotated, left alone
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU of the thread that ran the stage body (in the process it ran in)
+
+
+def cpu_timed(fn: Callable[..., StageReport], *args: Any) -> StageReport:
+    """``fn(*args)`` with ``cpu_seconds`` set to the CPU time of the calling thread (in the I/O helper process when
+    it runs there). Threads the body starts (the fetch stage's parallel downloads) are not in it."""
+    start = time.thread_time()
+    report = fn(*args)
+    report.cpu_seconds = time.thread_time() - start
+    return report
 
 
 @dataclass(frozen=True)

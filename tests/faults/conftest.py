@@ -117,6 +117,12 @@ def failed_attempts(lines: list[str]) -> int:
     return recovered + gave_up
 
 
+def slowest_recovery(lines: list[str], fallback: float | None = None) -> float | None:
+    """The longest time a failing call took to recover, from the retry layer's lines (``fallback`` when none)."""
+    times = [float(t) for t in re.findall(r"recovered after \d+ failed attempts in ([0-9.]+) s", "\n".join(lines))]
+    return max(times) if times else fallback
+
+
 def maskloop_env(monkeypatch: pytest.MonkeyPatch, settings: Any, **overrides: str) -> None:
     """The environment a ``maskloop`` command reads: ``settings`` (S3, catalog, Label Studio, model) with I/O in the
     flow's threads, and ``overrides`` (``MASKLOOP_*`` names without the prefix, e.g. ``S3_ENDPOINT_URL``)."""

@@ -15,7 +15,7 @@ import pytest
 from storage.catalog import Asset, Catalog, RunFailure
 from storage.labelstudio.client import LabelStudioClient
 from storage.settings import Settings
-from tests.faults.conftest import Figures, Outcome, failed_attempts, maskloop_env
+from tests.faults.conftest import Figures, Outcome, failed_attempts, maskloop_env, slowest_recovery
 from tests.faults.invariant import check_invariant
 from tests.support.fault_proxy import INTERNAL_ERROR, Fault, FaultProxy, fault_proxy
 
@@ -95,7 +95,7 @@ def test_s3_error_bursts_on_list_and_get_are_retried_within_bounds_and_logged_on
     assert all("recovered after" in line for line in lines), lines
     assert len(lines) < s3_proxy.faulted, f"a line per attempt, not per failure: {lines}"
     checked = _check(flow_settings, s3, ls_client, bucket, project, keys["broken"])
-    row.injected, row.runs_completed, row.recover_s = s3_proxy.faulted, 1, s3_proxy.recovery_s
+    row.injected, row.runs_completed, row.recover_s = s3_proxy.faulted, 1, slowest_recovery(lines)
     row.assets_lost, row.duplicates = checked.lost, checked.duplicates
     assert checked.readable == 4 and checked.tasks == 4
 
@@ -127,7 +127,7 @@ def test_s3_reset_or_stalled_downloads_are_retried_and_never_leave_partial_bytes
     lines = list(retry_lines)
     assert len(lines) == 1 and f"download s3://{bucket}/{victim}: recovered after" in lines[0], lines
     checked = _check(flow_settings, s3, ls_client, bucket, project, [])  # sha256 == the object's: no partial bytes
-    row.injected, row.runs_completed, row.recover_s = s3_proxy.faulted, 1, s3_proxy.recovery_s
+    row.injected, row.runs_completed, row.recover_s = s3_proxy.faulted, 1, slowest_recovery(lines)
     row.assets_lost, row.duplicates = checked.lost, checked.duplicates
 
 
@@ -170,6 +170,6 @@ def test_s3_object_changed_between_listing_and_download_is_a_named_failure_then_
     assert (second.done, second.failed) == ((1, 0) if change == "overwritten" else (0, 0)), second.out
     checked = _check(flow_settings, s3, ls_client, bucket, project, [])
     assert checked.tasks == 3 if change == "overwritten" else checked.tasks == 2
-    row.injected, row.runs_completed = 1, 2
+    row.injected, row.runs_completed, row.recover_s = 1, 2, second.seconds  # the rerun that records the change
     row.assets_lost, row.duplicates = checked.lost, checked.duplicates
     row.notes.append(f"first run: a permanent failure naming {change} object's URI; rerun: {second.done} new revision")

@@ -11,7 +11,7 @@ from model.strategies import STRATEGIES, StrategyInputs, StrategySpec, strategy_
 
 
 def test_every_strategy_names_its_params_and_needs() -> None:
-    assert set(STRATEGIES) == {"everything", "text", "prior"}
+    assert set(STRATEGIES) == {"everything", "text", "prior", "concept"}
     for name, spec in STRATEGIES.items():
         assert spec.name == name and spec.help and spec.params()
     assert STRATEGIES["text"].needs_detector and STRATEGIES["text"].needs_classes
@@ -35,7 +35,7 @@ def test_a_strategy_says_what_it_is_missing(
 
 
 def test_unknown_strategy_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="everything, text, prior"):
+    with pytest.raises(ValueError, match="everything, text, prior, concept"):
         auto_segment(None, [np.zeros((4, 4, 3), np.uint8)], "magic")  # type: ignore[arg-type]
 
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from model.instances import Instances
-from model.tracker import MultiObjectTracker, TrackerParams, default_params, track_video
+from model.tracker import TrackerParams, default_params, track_video
 from model.tracks import score_tracks
 from model.video import write_video
-from model.video_assoc import associate, dedupe, shift_mask
+from model.video_assoc import associate, dedupe, link_by_position, shift_mask
+from model.video_detect import DetectionTracker
 from model.video_model import TRACKING_KEY, TrackingDefaults
 
 H, W = 40, 60
@@ -79,13 +80,13 @@ def _moving_gt(t_count: int = 12, speed: int = 4) -> np.ndarray:
     return gt
 
 
-def _run(gt: np.ndarray, params: TrackerParams, proposals=None) -> MultiObjectTracker:  # noqa: ANN001
+def _run(gt: np.ndarray, params: TrackerParams, proposals=None) -> DetectionTracker:  # noqa: ANN001
     def propose(rgb: np.ndarray, index: int) -> Instances:
         masks = gt[index] if proposals is None else proposals(index)
         masks = masks[masks.reshape(len(masks), -1).any(1)]
         return Instances(masks=masks, labels=["obj"] * len(masks), scores=np.linspace(0.9, 0.8, len(masks)))
 
-    tracker = MultiObjectTracker(None, propose, params)
+    tracker = DetectionTracker(None, propose, params)
     rgb = np.zeros((H, W, 3), np.uint8)
     for t in range(len(gt)):
         tracker.add_frame(t, t / 10, rgb)
@@ -182,3 +183,41 @@ def test_demo_clip_objects_are_each_tracked_on_at_least_90_percent_of_their_fram
     assert len(scores) == clip.masks.shape[1]
     for n, s in enumerate(scores):
         assert s.coverage >= 0.9, f"object {n} ({clip.families[n]}): tracked on {s.covered}/{s.frames} frames: {s}"
+
+
+def test_position_link_joins_a_fast_object_by_size_colour_and_predicted_place() -> None:
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[_rect(30, 10)] = (200, 30, 30)
+    rgb[_rect(30, 25)] = (30, 30, 200)
+    last = [_rect(2, 10)]  # 28 px left of the red proposal, no overlap
+    red, blue = _rect(30, 10), _rect(30, 25)
+    colour = [(200.0, 30.0, 30.0)]
+    assert link_by_position([blue, red], [_rect(26, 10)], last, rgb, colour, max_distance=1.5) == [(1, 0)]
+    assert link_by_position([red], [np.zeros((H, W), bool)], last, rgb, colour, 1.5) == []  # 3 sizes from its last
+    assert link_by_position([blue], [_rect(30, 25)], last, rgb, colour, 1.5) == []  # wrong colour
+    assert link_by_position([_rect(30, 10, 30, 20)], [_rect(30, 10)], last, rgb, colour, 1.5) == []  # 7x the area
+
+
+def test_a_track_without_proposal_is_re_segmented_from_its_predicted_box() -> None:
+    gt = _moving_gt(6)
+    boxes_asked: list[np.ndarray] = []
+
+    def refine(rgb: np.ndarray, boxes: np.ndarray) -> Instances:
+        boxes_asked.append(boxes)
+        t = len(boxes_asked) + 2  # asked on frames 3, 4 (A has no proposal there)
+        return Instances(masks=gt[t, :1].repeat(len(boxes), 0), scores=np.full(len(boxes), 0.9, np.float32))
+
+    def proposals(index: int) -> np.ndarray:
+        return gt[index] if index not in (3, 4) else gt[index, 1:]
+
+    tracker = DetectionTracker(
+        None,
+        lambda rgb, i: Instances(masks=proposals(i)[proposals(i).reshape(-1, H * W).any(1)]),
+        TrackerParams(key_frame_interval=1, trust_memory=False),
+        refiner=refine,
+    )
+    for t in range(6):
+        tracker.add_frame(t, t / 10, np.zeros((H, W, 3), np.uint8))
+    video = tracker.result(H, W, 10.0, 6, "m", {})
+    assert [[f.frame_index for f in t.frames] for t in video.tracks] == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]]
+    assert [b.tolist() for b in boxes_asked[0]] == [[14.0, 4.0, 24.0, 12.0]]  # frame 2's box moved 4 px on

@@ -13,7 +13,7 @@ from storage.params import FanoutParams, PrelabelParams, UnitParams
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "magic"}, "strategy must be one of everything, text, prior"),
+        ({"strategy": "magic"}, "strategy must be one of everything, text, prior, concept"),
         ({"strategy": "text"}, "needs at least one class name"),
         ({"batch_size": 0}, "batch_size"),
         ({"project": "x" * 42}, "project must be 1..41"),

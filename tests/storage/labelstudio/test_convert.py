@@ -7,14 +7,18 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 
 from model.instances import Instances
+from model.masks import mask_to_rle
 from storage.labelstudio.convert import (
     _runs,
     box_to_percent,
     brush_rle_to_mask,
+    coco_counts,
+    coco_rle_to_brush_rle,
     decode_brush_rle,
     encode_brush_runs,
     instances_to_results,
     mask_to_brush_rle,
+    records_to_results,
     result_to_mask,
     results_to_instances,
 )
@@ -203,3 +207,73 @@ def test_results_to_instances_ignores_non_region_results_and_handles_none() -> N
 def test_result_to_mask_rejects_bad_results(result: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         result_to_mask(result)
+
+
+# -- COCO RLE straight to brush RLE (the pre-label import never decodes the catalog's masks) ---------------------
+CORNERS = {
+    "first pixel only (COCO counts start with 0)": np.pad(np.ones((1, 1), bool), ((0, 6), (0, 4))),
+    "last pixel only": np.pad(np.ones((1, 1), bool), ((6, 0), (4, 0))),
+    "1x7 row": np.array([[1, 0, 0, 1, 1, 0, 1]], bool),
+    "7x1 column": np.array([[1], [1], [0], [1], [0], [0], [1]], bool),
+    "first column full (a run crosses into column 1)": np.pad(np.ones((5, 1), bool), ((0, 0), (0, 3))),
+    "last column full": np.pad(np.ones((5, 1), bool), ((0, 0), (3, 0))),
+    "first row full": np.pad(np.ones((1, 6), bool), ((0, 4), (0, 0))),
+    "last row full": np.pad(np.ones((1, 6), bool), ((4, 0), (0, 0))),
+    "diagonal": np.eye(9, 11, dtype=bool),
+    **{
+        f"random {k}": RNG.random((int(RNG.integers(1, 23)), int(RNG.integers(1, 23)))) < RNG.random()
+        for k in range(40)
+    },
+}
+
+
+@pytest.mark.parametrize("name", [*MASKS, *CORNERS])
+def test_coco_rle_to_brush_rle_is_byte_identical_to_encoding_the_decoded_mask(name: str) -> None:
+    mask = {**MASKS, **CORNERS}[name]
+    rle = mask_to_rle(mask)
+    assert coco_rle_to_brush_rle(rle) == mask_to_brush_rle(mask) == mask2rle(mask.astype(np.uint8) * 255)
+    uncompressed = {"size": rle["size"], "counts": coco_counts(rle["counts"]).tolist()}  # COCO files' list form
+    assert coco_rle_to_brush_rle(uncompressed) == mask_to_brush_rle(mask)
+
+
+@pytest.mark.parametrize(
+    ("rle", "message"),
+    [
+        ({"size": [2, 2], "counts": [1, 2]}, "cover 3 pixels"),
+        ({"size": [2, 2], "counts": "3"}, "cover 3 pixels"),
+        ({"size": [2, 2], "counts": "0`"}, "compressed format"),  # ends inside a value
+        ({"size": [2, 2], "counts": "0 "}, "compressed format"),  # below '0'
+    ],
+)
+def test_coco_rle_to_brush_rle_rejects_counts_that_do_not_fit_the_size(rle: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        coco_rle_to_brush_rle(rle)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"brush_from": "brush"},
+        {"brush_from": None, "polygon_from": "poly"},
+        {"brush_from": None, "rectangle_from": "box"},
+        {"brush_from": "brush", "polygon_from": "poly", "rectangle_from": "box"},
+    ],
+)
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_records_to_results_equals_instances_to_results_of_the_decoded_records(tags: dict, n: int) -> None:
+    masks = np.stack([_blob(48, 64), np.zeros((48, 64), bool), RNG.random((48, 64)) < 0.2][:n]) if n else None
+    instances = (
+        Instances(masks=masks, labels=["cat", "dog", "cow"][:n], scores=np.array([0.91, 0.52, 0.33][:n]))
+        if masks is not None
+        else Instances.empty(48, 64)
+    )
+    records = instances.to_records()
+    expected = instances_to_results(Instances.from_records(records, 48, 64), **tags)
+    assert records_to_results(records, 48, 64, **tags) == expected
+    assert len(expected) >= n - 1  # the empty mask gets no brush/polygon region, the others do
+
+
+def test_records_to_results_rejects_records_of_another_image_size() -> None:
+    records = Instances(masks=_blob(48, 64)[None]).to_records()
+    with pytest.raises(ValueError, match=r"does not match image \(64, 48\)"):
+        records_to_results(records, 64, 48)

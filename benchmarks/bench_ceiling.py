@@ -1,0 +1,335 @@
+"""The pre-label pipeline's own ceiling: the real flow and servers around a model STAND-IN of known speed.
+
+    .venv/bin/python -m benchmarks.bench_ceiling --images 256 --rounds 3
+
+On a GPU worker the model runs tens of images per second and what limits a run is the pipeline's own CPU work per
+image (download, decode, RLE, catalog, Label Studio payloads) and its fixed cost per run. To measure that without a
+GPU, the model is replaced *in this process only* by ``StandInModel``: per batch it sleeps ``batch / speed`` seconds
+(``time.sleep`` releases the GIL, as a GPU kernel does) and returns the masks the shipped model
+(``maskloop/shapes-tiny``, everything mode, ``--points-per-side`` points, no score filter: ~50 masks per photo)
+computed for the same photo beforehand (cached in ``--masks-cache``; the first invocation spends minutes on it).
+It is injected by monkeypatching ``tasks.models.Models.load``; the product has no hook for it.
+
+Everything else is real: ``flows.prelabel.prelabel_flow`` against S3 (SeaweedFS, or ``--s3 moto``), a real Label
+Studio and Prefect's temporary server, with the I/O helper process as configured by default. The photos are
+``../shared/data/coco128-seg`` JPEGs (mostly 640x480; ``--unique`` of them, cycled under new keys to ``--images``).
+
+Prints, median (and range) of ``--rounds`` rounds per stand-in speed (rounds interleave the speeds, so machine
+drift hits all of them alike):
+* end-to-end images/s and its ratio to the stand-in's speed; the ceiling is the images/s with an infinitely fast
+  stand-in (``inf``);
+* the fixed cost per run: wall time of a one-image run with the infinitely fast stand-in;
+* CPU seconds per image per stage: the stage bodies (``StageReport.cpu_seconds``: the body's own thread), the I/O
+  helper's other threads (parallel downloads, the pipe), the flow process's other threads (Prefect task machinery,
+  events, logs), and each server process (S3, Label Studio, Prefect). The stand-in's own CPU is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SPEEDS = ("10", "30", "100", "300", "inf")
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def photo_key(image: np.ndarray) -> str:
+    """A cheap identity of a decoded photo (a strided sample of its pixels): how the stand-in finds its masks."""
+    return hashlib.blake2b(image[::7, ::7].tobytes() + repr(image.shape).encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class StandInModel:
+    """A MODEL STAND-IN for benchmarks only: sleeps ``len(batch) / speed`` s per batch (GIL released) and returns
+    the precomputed masks of each photo. ``cpu_seconds`` is its own CPU, left out of the pipeline's figures."""
+
+    masks: dict[str, Any]  # photo_key -> Instances
+    model_id: str
+    checkpoint_sha256: str
+    speed: float = math.inf
+    cpu_seconds: float = 0.0
+    calls: int = 0
+
+    # what tasks.prelabel reads of a loaded Models
+    @property
+    def segmenter(self) -> StandInModel:
+        return self
+
+    def predictor(self, params: Any) -> Any:
+        from storage.prelabel.predict import Predictor
+
+        def video(path: Path) -> Any:
+            raise NotImplementedError("the benchmark stand-in segments photos only")
+
+        return Predictor(self.images, video)
+
+    def images(self, batch: list[np.ndarray]) -> list[Any]:
+        start = time.thread_time()
+        out = [self.masks[photo_key(img)] for img in batch]
+        self.cpu_seconds += time.thread_time() - start
+        self.calls += 1
+        if math.isfinite(self.speed):
+            time.sleep(len(batch) / self.speed)
+        return out
+
+
+def precompute_masks(paths: list[Path], params: dict[str, Any], cache: Path, threads: int) -> dict[str, Any]:
+    """The shipped model's masks for each photo (COCO RLE records, cached in ``cache``), as Instances by photo_key."""
+    from model.images import decode_image
+    from model.instances import Instances
+
+    stored: dict[str, Any] = json.loads(cache.read_text()) if cache.exists() else {}
+    tag = json.dumps(params, sort_keys=True)
+    images = {p.name: decode_image(p.read_bytes(), str(p)) for p in paths}
+    todo = [name for name in images if f"{name} {tag}" not in stored]
+    if todo:
+        import torch
+
+        from model.autoprompt import auto_segment
+        from model.cache import get_segmenter
+        from tasks.models import resolve_model_id
+
+        torch.set_num_threads(threads)
+        segmenter = get_segmenter(resolve_model_id("maskloop/shapes-tiny"), device=None)
+        logging.warning("computing the shipped model's masks of %d photos once (cached in %s)", len(todo), cache)
+        for k in range(0, len(todo), 8):
+            names = todo[k : k + 8]
+            results = auto_segment(segmenter, [images[n] for n in names], "everything", **params)
+            for name, inst in zip(names, results, strict=True):
+                stored[f"{name} {tag}"] = inst.to_records()
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(stored))
+    out = {}
+    for name, image in images.items():
+        out[photo_key(image)] = Instances.from_records(stored[f"{name} {tag}"], *image.shape[:2])
+    return out
+
+
+def proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / HZ  # utime + stime
+
+
+def server_processes(root: int) -> dict[int, str]:
+    """Every live descendant of ``root`` named by the server it belongs to (its ancestor that is our direct child)."""
+    parent: dict[int, int] = {}
+    cmd: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+    names: dict[int, str] = {}
+    for pid in parent:
+        top, p = None, pid
+        while p in parent and p != root:
+            top, p = p, parent[p]
+        if p != root or top is None:
+            continue
+        line = cmd.get(top, "")
+        names[pid] = (
+            "S3 server"
+            if ("weed" in line or "moto" in line)
+            else "Label Studio"
+            if "label" in line
+            else "Prefect server"
+            if ("prefect" in line or "uvicorn" in line)
+            else "other: " + line[:40]
+        )
+    return names
+
+
+@dataclass
+class Round:
+    speed: str
+    images: int
+    wall: float
+    ratio: float
+    rate: float
+    cpu: dict[str, float] = field(default_factory=dict)  # per image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=256, help="images per run (the photos cycled under new keys)")
+    parser.add_argument("--unique", type=int, default=32, help="distinct coco128 photos (masks precomputed once)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--speeds", default=",".join(SPEEDS), help="stand-in images/s; inf = no sleep")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--points-per-side", type=int, default=8)
+    parser.add_argument("--fixed-runs", type=int, default=3, help="one-image runs for the fixed cost per run")
+    parser.add_argument("--s3", choices=("seaweedfs", "moto"), default="seaweedfs")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared real-media folder")
+    parser.add_argument(
+        "--masks-cache",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maskloop" / "bench_ceiling.json",
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    speeds = args.speeds.split(",")
+    paths = sorted(Path(p) for p in glob.glob(str(args.data / "coco128-seg" / "images" / "*" / "*.jpg")))[: args.unique]
+    if not paths:
+        parser.error(f"no photos under {args.data / 'coco128-seg'}")
+    strategy_params = {"points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    masks = precompute_masks(paths, strategy_params, args.masks_cache, threads=max(1, (os.cpu_count() or 2) - 1))
+    blobs = [p.read_bytes() for p in paths]
+    per_photo = statistics.mean(len(m) for m in masks.values())
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    import tasks.models
+    import tasks.prelabel
+    from benchmarks.bench_s3 import moto, seaweed
+    from model.loading import checkpoint_identity
+    from storage.labelstudio.server import LabelStudioServer
+    from storage.s3 import make_client
+    from storage.settings import Settings
+
+    model_dir = tasks.models.resolve_model_id("maskloop/shapes-tiny")
+    stand_in = StandInModel(masks, *checkpoint_identity(model_dir))
+    tasks.models.Models.load = classmethod(lambda cls, settings, model_id, strategy: stand_in)  # type: ignore[method-assign, assignment, misc]
+
+    reports: list[tuple[str, bool, Any]] = []  # (stage, ran in the helper process, StageReport)
+    real_timed = tasks.prelabel._timed
+
+    def timed(call: Any, fn: Any, *args: Any) -> Any:
+        in_child = bool(getattr(getattr(call, "__self__", None), "ready", False))
+        report = real_timed(call, fn, *args)
+        reports.append((fn.__module__.rsplit(".", 1)[-1], in_child, report))
+        return report
+
+    tasks.prelabel._timed = timed  # type: ignore[assignment]
+
+    rounds: list[Round] = []
+    fixed: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        s3_server = seaweed(tmp / "s3") if args.s3 == "seaweedfs" else moto(tmp / "s3")
+        with (
+            s3_server as s3_settings,
+            LabelStudioServer(tmp / "ls") as ls,
+            prefect_test_harness(server_startup_timeout=120),
+        ):
+            from flows.prelabel import prelabel_flow
+            from storage.params import PrelabelParams
+
+            settings = Settings(
+                data_dir=tmp / "data",
+                s3_endpoint_url=s3_settings.s3_endpoint_url,
+                s3_access_key_id=s3_settings.s3_access_key_id,
+                s3_secret_access_key=s3_settings.s3_secret_access_key,
+                label_studio_url=ls.url,
+                label_studio_token=ls.token,
+                model_id=model_dir,
+            )
+            client = make_client(settings)
+            client.create_bucket(Bucket="bench")
+            counter = iter(range(10**6))
+
+            def run(speed: str, n: int) -> tuple[Round, Any]:
+                prefix = f"in{next(counter)}/"
+                for i in range(n):
+                    client.put_object(Bucket="bench", Key=f"{prefix}{i:05d}.jpg", Body=blobs[i % len(blobs)])
+                stand_in.speed, stand_in.cpu_seconds = float(speed), 0.0
+                reports.clear()
+                servers = server_processes(os.getpid())
+                before = {pid: proc_cpu(pid) for pid in servers}
+                self0 = resource.getrusage(resource.RUSAGE_SELF)
+                kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                result = prelabel_flow(
+                    PrelabelParams(
+                        source=f"s3://bench/{prefix}", batch_size=args.batch, strategy_params=strategy_params
+                    ),
+                    settings=settings,
+                )
+                wall = time.perf_counter() - start
+                self1 = resource.getrusage(resource.RUSAGE_SELF)
+                kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                done = result.count("done")
+                if done != n:
+                    raise RuntimeError(f"run of {n} images at {speed}/s: {done} done, counts {result.counts}")
+                own = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
+                helper = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+                cpu: dict[str, float] = defaultdict(float)
+                for stage, in_child, report in reports:
+                    cpu[f"{stage} stage body"] += report.cpu_seconds
+                    if stage == "predict":
+                        continue
+                    if in_child:
+                        helper -= report.cpu_seconds
+                    else:
+                        own -= report.cpu_seconds
+                cpu["predict stage body"] -= stand_in.cpu_seconds
+                own -= cpu["predict stage body"] + stand_in.cpu_seconds
+                cpu["I/O helper, other threads (downloads, pipe)"] = helper
+                cpu["flow process, other threads (Prefect, tasks)"] = own
+                for pid, name in servers.items():
+                    cpu[name] += proc_cpu(pid) - before[pid]
+                rate = n / wall
+                return Round(speed, n, wall, rate / float(speed), rate, {k: v / n for k, v in cpu.items()}), result
+
+            for _ in range(args.fixed_runs):  # also the warm-up: Label Studio project, job, first imports
+                one, result = run("inf", 1)
+                fixed.append((one.wall, float(result.timings.get("seconds", math.nan))))
+            for _ in range(args.rounds):
+                for speed in speeds:
+                    rounds.append(run(speed, args.images)[0])
+                    logging.warning("%s/s: %.1f images/s", speed, rounds[-1].rate)
+
+    print(
+        f"{args.images} images per run ({len(paths)} coco128 photos cycled, {per_photo:.0f} masks per photo from "
+        f"shapes-tiny), batch {args.batch}, S3 {args.s3}; {os.cpu_count()} cores; median (range) of {args.rounds} "
+        "rounds. Measured on a machine shared with other work: read medians, not single rounds."
+    )
+    print("\n| stand-in images/s | end-to-end images/s | ratio to the stand-in |\n|---|---|---|")
+    for speed in speeds:
+        rs = [r for r in rounds if r.speed == speed]
+        print(f"| {speed} | {_mr([r.rate for r in rs])} | {_mr([r.ratio for r in rs], 2) if speed != 'inf' else '-'} |")
+    print(f"\nceiling (stand-in infinitely fast): {_mr([r.rate for r in rounds if r.speed == 'inf'])} images/s")
+    print(
+        f"fixed cost per run (one image, infinitely fast stand-in): {_mr([w for w, _ in fixed], 2)} s wall, of which "
+        f"{_mr([s for _, s in fixed], 2)} s inside the flow body (the rest: Prefect's flow-run start and end)"
+    )
+    names = list(dict.fromkeys(k for r in rounds for k in r.cpu))
+    print("\nCPU ms per image (median over all rounds and speeds, range)\n| where | ms per image |\n|---|---|")
+    worker = [k for k in names if "stage body" in k or "other threads" in k]
+    for name in names:
+        print(f"| {name} | {_mr([1000 * r.cpu.get(name, 0.0) for r in rounds], 1)} |")
+    print(
+        f"| **worker total (flow + helper)** | {_mr([1000 * sum(r.cpu.get(k, 0) for k in worker) for r in rounds], 1)} |"
+    )
+    print(f"| **everything** | {_mr([1000 * sum(r.cpu.values()) for r in rounds], 1)} |")
+
+
+def _mr(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+if __name__ == "__main__":
+    main()
