@@ -308,7 +308,7 @@ def main() -> None:
     print("\n| stand-in images/s | end-to-end images/s | ratio to the stand-in |\n|---|---|---|")
     for speed in speeds:
         rs = [r for r in rounds if r.speed == speed]
-        print(f"| {speed} | {_mr([r.rate for r in rs])} | {_mr([r.ratio for r in rs], 2) if speed != 'inf' else '-'} |")
+        print(f"| {speed} | {_mr([r.rate for r in rs])} | {_mr([r.ratio for r in rs], 3) if speed != 'inf' else '-'} |")
     print(f"\nceiling (stand-in infinitely fast): {_mr([r.rate for r in rounds if r.speed == 'inf'])} images/s")
     print(
         f"fixed cost per run (one image, infinitely fast stand-in): {_mr([w for w, _ in fixed], 2)} s wall, of which "

@@ -56,12 +56,22 @@ def sam2_architecture_config(size: str) -> Sam2Config:
     return Sam2Config(vision_config=vision)
 
 
-def edgetam_architecture_config() -> Any:
-    """The transformers ``EdgeTamConfig`` of the released EdgeTAM image model (RepViT-M1 through timm, 1024 px):
-    transformers' defaults are the released architecture."""
-    from transformers import EdgeTamConfig
+def edgetam_backbone_config() -> Any:
+    """EdgeTAM's image encoder: timm's RepViT-M1, four feature levels. Named explicitly: transformers 5.23's default
+    backbone for ``EdgeTamConfig()`` is a ResNet-50 (its default spells the key ``archirecture``)."""
+    from transformers import TimmWrapperConfig
 
-    return EdgeTamConfig()
+    return TimmWrapperConfig(
+        architecture="repvit_m1", model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]}
+    )
+
+
+def edgetam_architecture_config() -> Any:
+    """The transformers ``EdgeTamConfig`` of the released EdgeTAM image model (RepViT-M1 through timm, 1024 px; the
+    FPN, prompt encoder and mask decoder at transformers' defaults, which are the released ones)."""
+    from transformers import EdgeTamConfig, EdgeTamVisionConfig
+
+    return EdgeTamConfig(vision_config=EdgeTamVisionConfig(backbone_config=edgetam_backbone_config()))
 
 
 def sam3_architecture_config() -> Any:

@@ -100,6 +100,7 @@ class RetryPolicy:
                     )
                     log.warning("%s; last error: %s", note, failures[-1])
                     error.add_note(note)
+                    error.maskloop_retries_exhausted = True  # type: ignore[attr-defined]
                     raise
                 log.debug("%s: attempt %d failed (%s); retrying in %.2f s", what, attempt, failures[-1], delay)
                 time.sleep(delay)
@@ -136,3 +137,8 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def retries_exhausted(error: BaseException) -> bool:
+    """Whether a :class:`RetryPolicy` already retried ``error`` to its bounds (so no outer layer should again)."""
+    return bool(getattr(error, "maskloop_retries_exhausted", False))

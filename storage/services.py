@@ -26,7 +26,7 @@ class Services:
 
     def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
         self.settings = settings
-        self.catalog = Catalog(settings.resolved_database_url, migrate=migrate)
+        self.catalog = Catalog.from_settings(settings, migrate=migrate)
         self._s3: Any = None
         self._annotation: AnnotationBackend | None = None
         self._lock = threading.Lock()

@@ -25,12 +25,20 @@ from tasks.models import Models, model_identity
 
 
 def is_transient(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Retry I/O failures that may pass (connection errors, 5xx, 429); not bad input or 4xx answers."""
+    """Retry what the clients' own retry layer (:mod:`storage.retry`) did not: a lost I/O helper process, connection
+    errors outside a policy, and a catalog that stayed unavailable (a database restart may outlast its bounds).
+    Never an error a policy already retried to its bounds, bad input, or a 4xx answer."""
     from botocore.exceptions import ClientError
 
+    from storage.catalog.db import CatalogUnavailableError
     from storage.labelstudio.client import LabelStudioError
+    from storage.retry import retries_exhausted
 
     error = state.result(raise_on_failure=False)
+    if isinstance(error, CatalogUnavailableError):
+        return True
+    if isinstance(error, BaseException) and retries_exhausted(error):
+        return False
     if isinstance(error, LabelStudioError):
         return error.status >= 500 or error.status == 429
     if isinstance(error, ClientError):

@@ -13,7 +13,7 @@ from storage.s3 import make_client
 from storage.settings import Settings
 from tests.support.servers import moto_s3_server, postgres_available, random_credentials, throwaway_postgres_database
 
-pytest_plugins = ["tests.storage.labelstudio.fixtures"]
+pytest_plugins = ["tests.storage.labelstudio.fixtures", "tests.support.flow_fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from tests.flows.conftest import fill_bucket, flow_settings, prefect_api, tiny_checkpoint  # noqa: F401 - fixtures
 from tests.flows.test_prelabel import LOOSE
 
 CASE_LIMIT_S = 240  # a case still running after this long is a hang: dump every thread's stack and stop the run

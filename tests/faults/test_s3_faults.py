@@ -144,7 +144,7 @@ def test_s3_object_changed_between_listing_and_download_is_a_named_failure_then_
     prelabel: Callable[..., Outcome],
     figures: Callable[..., Figures],
 ) -> None:
-    from tests.flows.conftest import png_bytes
+    from tests.support.flow_fixtures import png_bytes
 
     keys = fill_bucket(images=3, videos=0, broken=0)
     project = f"s3c-{bucket[-6:]}"

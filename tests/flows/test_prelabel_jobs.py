@@ -42,7 +42,7 @@ def _env(monkeypatch: pytest.MonkeyPatch, settings: Settings, s3_url: str) -> No
     monkeypatch.setenv("MASKLOOP_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("MASKLOOP_DATABASE_URL", settings.resolved_database_url)
     monkeypatch.setenv("MASKLOOP_S3_ENDPOINT_URL", s3_url)
-    monkeypatch.setenv("MASKLOOP_S3_MAX_ATTEMPTS", "1")  # the S3 client's own retries; maskloop's still apply
+    monkeypatch.setenv("MASKLOOP_S3_RETRY_ATTEMPTS", "1")  # the S3 client's own retries; maskloop's still apply
     monkeypatch.setenv("MASKLOOP_LABEL_STUDIO_URL", settings.label_studio_url)
     monkeypatch.setenv("MASKLOOP_MODEL_ID", str(settings.model_id))
     monkeypatch.setenv("MASKLOOP_DEVICE", "cpu")

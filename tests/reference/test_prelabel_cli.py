@@ -15,7 +15,6 @@ from sqlalchemy import select
 
 from model.instances import Instances
 from storage.catalog import Catalog, Prediction
-from tests.flows.conftest import prefect_api  # noqa: F401 - fixture
 from tests.reference.conftest import get_reference
 from tests.reference.harness import EVERYTHING, EVERYTHING_IMAGE, SIZES, match_one_to_one, record, unpack
 

@@ -329,23 +329,20 @@ def save_tiny_sam3(directory: str | Path, seed: int = 0, image_size: int = 112, 
 def tiny_edgetam_config(image_size: int = 256, hidden_size: int = 32) -> Any:
     """A small ``EdgeTamConfig``: the released RepViT-M1 timm encoder (needs ``timm``) at ``image_size`` with a
     ``hidden_size``-wide FPN, prompt encoder and mask decoder."""
-    from transformers import EdgeTamConfig
+    from transformers import EdgeTamConfig, EdgeTamVisionConfig
+
+    from model.configs import edgetam_backbone_config
 
     if image_size % 64:
         raise ValueError(f"tiny_edgetam_config: image_size must be a multiple of 64, got {image_size}")
     s = image_size
     return EdgeTamConfig(
-        vision_config={
-            "model_type": "edgetam_vision_model",
-            "backbone_config": {
-                "model_type": "timm_wrapper",
-                "architecture": "repvit_m1",
-                "model_args": {"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]},
-            },
-            "backbone_channel_list": [384, 192, 96, 48],
-            "backbone_feature_sizes": [[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
-            "fpn_hidden_size": hidden_size,
-        },
+        vision_config=EdgeTamVisionConfig(
+            backbone_config=edgetam_backbone_config(),
+            backbone_channel_list=[384, 192, 96, 48],
+            backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+            fpn_hidden_size=hidden_size,
+        ),
         prompt_encoder_config={"hidden_size": hidden_size, "image_size": s, "patch_size": 16},
         mask_decoder_config={
             "hidden_size": hidden_size,

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from storage.catalog.db import CatalogUnavailableError
 from storage.labelstudio.client import LabelStudioError
+from storage.retry import RetryPolicy, Transient
 from tasks.prelabel import is_transient
 
 
@@ -17,6 +19,18 @@ class _State:
 
     def result(self, raise_on_failure: bool = True) -> Any:
         return self.error
+
+
+def _exhausted(error: BaseException) -> BaseException:
+    """``error`` as a :class:`~storage.retry.RetryPolicy` raises it when it gives up."""
+    policy = RetryPolicy("test", attempts=2, total_s=1.0, base_delay_s=0.0)
+
+    def fail() -> None:
+        raise error
+
+    with pytest.raises(type(error)) as raised:
+        policy.call(fail, "the call", lambda _e: Transient())
+    return raised.value
 
 
 def _s3_error(status: int) -> ClientError:
@@ -34,6 +48,9 @@ def _s3_error(status: int) -> ClientError:
         (ConnectionError("reset"), True),
         (TimeoutError("slow"), True),
         (ValueError("bad label"), False),
+        (_exhausted(_s3_error(503)), False),  # the S3 policy already retried it to its bounds
+        (_exhausted(LabelStudioError("GET", "/api/tasks", 502, "bad gateway")), False),
+        (CatalogUnavailableError("the catalog at sqlite:///x is unavailable"), True),  # a restart may outlast it
     ],
 )
 def test_only_transient_io_errors_are_retried(error: BaseException, retry: bool) -> None:

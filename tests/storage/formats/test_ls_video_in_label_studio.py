@@ -236,7 +236,6 @@ def _pixel_box(pixels: np.ndarray, min_run: int = 8) -> tuple[int, int, int, int
 def test_browser_draws_the_8fps_clips_box_on_the_object_at_mid_clip(
     label_studio_server: Any,
     ls_client: LabelStudioClient,
-    project: tuple[int, LabelConfig],
     cors_file_server: tuple[str, Path],
 ) -> None:
     """The clip's box is green; the region is drawn in the label's red. Seeked to the middle of the clip, the red
@@ -252,9 +251,13 @@ def test_browser_draws_the_8fps_clips_box_on_the_object_at_mid_clip(
     clip = CLIPS[0]  # 8 fps into the 25 fps project: the issue's demo case
     path = write_video(served / "mid-8fps.mp4", _render(clip.times, colour=(40, 220, 40)), fps=clip.fps)
     tracks = track_video(_ColourModel(), path, "colour", proposer=lambda rgb, i: _propose(_green_as_red(rgb), i))
-    task_id = _import(ls_client, project, f"{base_url}/mid-8fps.mp4", tracks)
+    xml = video_label_config(["car"], framerate=PROJECT_FPS)  # its own project: labelled "car", versioned "colour"
+    project_id = int(ls_client.create_project(f"video-browser-{uuid.uuid4().hex[:8]}", xml)["id"])
+    for track in tracks.tracks:
+        track.label = "car"
+    task_id = _import(ls_client, (project_id, LabelConfig.parse(xml)), f"{base_url}/mid-8fps.mp4", tracks)
     # the editor pre-fills a draft from the prediction of the project's model version
-    ls_client.update_project(project[0], model_version="colour", show_collab_predictions=True)
+    ls_client.update_project(project_id, model_version="colour", show_collab_predictions=True)
     creds = label_studio_server.credentials
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "label_studio_video_mid_clip.png"
@@ -268,13 +271,15 @@ def test_browser_draws_the_8fps_clips_box_on_the_object_at_mid_clip(
             page.fill("input[name=password]", creds.password)
             page.click("button[type=submit]")
             page.wait_for_url(lambda url: "/user/login" not in url)
-            page.goto(f"{label_studio_server.url}/projects/{project[0]}/data?task={task_id}")
-            page.get_by_text("colour", exact=True).first.click()  # the prediction's tab (model version "colour")
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)[:300]))
+            page.on("console", lambda msg: errors.append(msg.text[:300]) if msg.type == "error" else None)
+            page.goto(f"{label_studio_server.url}/projects/{project_id}/data?task={task_id}")
             try:
                 expect(page.locator(".lsf-outliner-item")).to_have_count(1, timeout=90_000)
-            except AssertionError:
+            except AssertionError as exc:
                 shot.write_bytes(page.screenshot())
-                raise
+                raise AssertionError(f"no region listed (see {shot}); page errors: {errors[-6:]}") from exc
             view = page.locator(".lsf-video-canvas__view").first
             expect(view).to_be_visible(timeout=90_000)
             seeker = page.locator(".lsf-seeker").first

@@ -13,7 +13,7 @@ import pytest
 from model.instances import Instances
 from model.masks import mask_to_rle
 from model.tracks import Track, TrackFrame, VideoTracks
-from storage.annotation.items import ImportItem, model_version_string
+from storage.annotation.items import EncodedInstances, ImportItem, model_version_string
 from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio import importer
 from storage.labelstudio.client import LabelStudioClient
@@ -296,3 +296,22 @@ def test_duplicate_items_in_one_call_are_rejected(
     (a,) = make_assets(1)
     with pytest.raises(ValueError, match="more than once"):
         import_predictions(ls_client, ls_catalog, project, _items([a, a]))
+
+
+def test_encoded_instances_land_in_label_studio_with_the_prediction_their_decoded_instances_get(
+    ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]
+) -> None:
+    project = ensure_project(ls_client, ls_catalog, _name("encoded"), "image", ["cat"], rectangles=True)
+    decoded, encoded = make_assets(2)
+    records = _instances(decoded).to_records()
+    items = [
+        ImportItem(decoded, "http://127.0.0.1:9/a.jpg", Instances.from_records(records, 480, 640), V1, 0.5),
+        ImportItem(encoded, "http://127.0.0.1:9/b.jpg", EncodedInstances(records, 480, 640), V1, 0.5),
+    ]
+    assert import_predictions(ls_client, ls_catalog, project, items).created == 2
+    tasks = {r.asset_id: r.external_task_id for r in _catalog_rows(ls_catalog) if r.project_id == project.id}
+    (from_decoded,), (from_encoded,) = (ls_client.list_predictions(tasks[a]) for a in (decoded, encoded))
+    assert from_encoded["result"] == from_decoded["result"]
+    assert {r["type"] for r in from_encoded["result"]} == {"brushlabels", "rectanglelabels"}
+    brush = next(r for r in from_encoded["result"] if r["type"] == "brushlabels")
+    np.testing.assert_array_equal(brush_rle_to_mask(brush["value"]["rle"], 480, 640), _instances(decoded).masks[0])

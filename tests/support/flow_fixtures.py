@@ -1,4 +1,4 @@
-"""Fixtures for flow tests: Prefect's test harness (a real temporary API server) and a tiny real SAM 2 checkpoint."""
+"""Fixtures for flow tests (a plugin of tests/conftest.py, so every suite shares one Prefect server): Prefect's test harness (a real temporary API server) and a tiny real SAM 2 checkpoint."""
 
 from __future__ import annotations
 
