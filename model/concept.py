@@ -260,7 +260,11 @@ class ConceptSegmenter:
         for s in range(0, logits.shape[0], 32):
             masks[s : s + 32] = (upsample_logits(logits[s : s + 32], size) > threshold).cpu().numpy()
         prompts = [
-            Prompt("text", {"phrase": label, "concept": True, "box": box.astype(np.float64).round(2).tolist()}, self.model_version)
+            Prompt(
+                "text",
+                {"phrase": label, "concept": True, "box": box.astype(np.float64).round(2).tolist()},
+                self.model_version,
+            )
             for label, box in zip(labels, boxes, strict=True)
         ]
         inst = Instances(

@@ -124,7 +124,7 @@ def checkpoint_identity(
 
 
 def load_pretrained(
-    model_class: type[PreTrainedModel],
+    model_class: type[PreTrainedModel] | None,
     model_id_or_path: str | os.PathLike[str],
     *,
     config: Any = None,
@@ -134,9 +134,14 @@ def load_pretrained(
     convert_state_dict: Any = None,
 ) -> LoadedModel:
     """Load ``model_class`` from a local directory, a ``.pt``/``.pth`` file (converted with ``convert_state_dict``,
-    architecture from ``config``), or a hub id (cache first; download only when the hub answers quickly)."""
+    architecture from ``config``), or a hub id (cache first; download only when the hub answers quickly).
+    ``model_class=None`` builds the still-image class of the checkpoint's family (:func:`model.families.family_of`)."""
     source = str(model_id_or_path)
     path = Path(source).expanduser()
+    if model_class is None:
+        from model.families import family_of
+
+        model_class = family_of(source, cache_dir=cache_dir).model_class()
     if path.is_dir():
         model = model_class.from_pretrained(path, local_files_only=True)
         return LoadedModel(model.eval(), path.name, sha256_of_files(_weight_files(path)))

@@ -184,8 +184,11 @@ def coco_rle_to_brush_rle(rle: Mapping[str, Any]) -> list[int]:
     ``mask_to_brush_rle(rle_to_mask(rle))`` but computed from the runs alone: COCO's runs go down the columns,
     the brush's along the rows, and only the pixels where a row changes value are enumerated (no H x W array)."""
     height, width = (int(v) for v in rle["size"])
+    return _brush_from_counts(coco_counts(rle["counts"]), height, width)
+
+
+def _brush_from_counts(counts: np.ndarray, height: int, width: int) -> list[int]:
     total = height * width
-    counts = coco_counts(rle["counts"])
     if int(counts.sum()) != total or (counts < 0).any():
         raise ValueError(f"COCO RLE counts cover {int(counts.sum())} pixels, its size {height}x{width} is {total}")
     if total == 0:
@@ -314,7 +317,7 @@ def records_to_results(
             _Region(i, str(record["label"]), score, record["box"], bool(counts[1::2].any())),
             height,
             width,
-            partial(coco_rle_to_brush_rle, rle),
+            partial(_brush_from_counts, counts, height, width),
             partial(rle_to_mask, rle),
             to_name=to_name,
             brush_from=brush_from,

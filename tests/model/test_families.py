@@ -14,7 +14,7 @@ from model.cache import clear_cache, get_segmenter
 from model.concept import ConceptSegmenter
 from model.errors import ModelCapabilityError, ModelDependencyError, ModelNotAvailableError
 from model.families import CAPABILITIES, FAMILIES, family_by_name, family_of
-from model.loading import checkpoint_identity
+from model.loading import checkpoint_identity, load_pretrained
 from model.segmenter import Segmenter
 from tests.support.tiny_models import save_tiny_sam2, save_tiny_sam3
 
@@ -159,6 +159,10 @@ def test_get_segmenter_builds_each_family_with_lineage_from_the_weights(tmp_path
         assert seg.model_version == f"{model_id}@{sha[:8]}"
     assert get_segmenter(sam3_dir, device="cpu") is sam3
     clear_cache()
+    for path, class_name in ((sam2_dir, "Sam2Model"), (sam3_dir, "Sam3Model")):
+        loaded = load_pretrained(None, path)  # no class given: the family's
+        assert type(loaded.model).__name__ == class_name
+        assert loaded.model_version == f"{path.name}@{checkpoint_identity(path)[1][:8]}"
 
 
 def test_segmenter_refuses_a_sam3_checkpoint_naming_the_concept_strategy(tmp_path: Path) -> None:
