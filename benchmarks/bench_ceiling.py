@@ -22,6 +22,10 @@ drift hits all of them alike):
 * CPU seconds per image per stage: the stage bodies (``StageReport.cpu_seconds``: the body's own thread), the I/O
   helper's other threads (parallel downloads, the pipe), the flow process's other threads (Prefect task machinery,
   events, logs), and each server process (S3, Label Studio, Prefect). The stand-in's own CPU is left out.
+
+On 2026-12-06 (2 cores shared with other agents, load 4-10): ceiling 3.4 images/s, the same at every stand-in
+speed; 0.17 CPU-s per photo in the worker (flow + I/O helper), 0.28 with the servers; fixed cost 3.8 s per run.
+docs/prelabel-throughput.md has the tables, what limits the rate and the cores a GPU worker needs.
 """
 
 from __future__ import annotations

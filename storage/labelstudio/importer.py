@@ -130,12 +130,15 @@ def _results_for(item: ImportItem, config: LabelConfig) -> list[dict[str, Any]]:
                 item.results, to_name=to_name, brush_from=brush, polygon_from=polygon, rectangle_from=rectangle
             )
     elif isinstance(item.results, VideoTracks):
-        from storage.formats.ls_video import to_ls_video_results
+        from storage.formats.ls_video import DEFAULT_FRAMERATE, to_ls_video_results
 
         boxes = [c for c in config.controls.values() if c.tag == "VideoRectangle"]
         if not boxes:
             raise ValueError(f"asset {item.asset_id}: VideoTracks need a video project with a VideoRectangle tag")
-        results = to_ls_video_results(item.results, from_name=boxes[0].name, to_name=boxes[0].to_name)
+        framerate = config.framerates.get(boxes[0].to_name, DEFAULT_FRAMERATE)  # keyframes in the project's rate
+        results = to_ls_video_results(
+            item.results, from_name=boxes[0].name, to_name=boxes[0].to_name, framerate=framerate
+        )
     else:
         results = [dict(r) for r in item.results]
     try:

@@ -221,7 +221,8 @@ def _fixed_result(label: str) -> dict:
 def test_video_tracks_import_as_videorectangle_predictions(
     ls_client: LabelStudioClient, ls_catalog: Catalog, make_assets: Callable[..., list[int]]
 ) -> None:
-    project = ensure_project(ls_client, ls_catalog, _name("video"), "video", ["person", "dog"], framerate=24)
+    # a 24 fps clip in a 12 fps project: keyframes land where Label Studio draws their time, not at their index
+    project = ensure_project(ls_client, ls_catalog, _name("video"), "video", ["person", "dog"], framerate=12)
     (asset,) = make_assets(1, media_type="video", width=64, height=48)
     mask = np.zeros((48, 64), bool)
     mask[10:20, 5:25] = True
@@ -237,7 +238,7 @@ def test_video_tracks_import_as_videorectangle_predictions(
     assert (
         region["type"] == "videorectangle" and region["from_name"] == "box" and region["value"]["labels"] == ["person"]
     )
-    assert [k["frame"] for k in region["value"]["sequence"]] == [1, 5, 9]
+    assert [k["frame"] for k in region["value"]["sequence"]] == [1, 3, 5]  # t = 0, 1/6, 1/3 s at 12 fps
     assert region["value"]["sequence"][0]["x"] == pytest.approx(100 * 5 / 64)
 
 

@@ -1,0 +1,187 @@
+"""Headless Chromium opens a pre-labelled video task: the tracked ``videorectangle`` region is listed, and drawn over
+the moving square on a mid-clip frame (not only stored through the API).
+
+A white square moves across a black H.264 clip (8 fps, 24 frames, written by PyAV); its track goes through
+``to_ls_video_results`` and ``import_predictions`` into a video project at the clip's rate. The editor is seeked to a
+mid-clip frame through Label Studio's own store (``window.Htx``), and the screenshot must show the region's red box
+around the square's position on that frame. The screenshot goes to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.masks import mask_to_rle
+from model.tracks import Track, TrackFrame, VideoTracks
+from model.video import write_video
+from storage.catalog import AnnotationTask, Catalog
+from storage.labelstudio.client import LabelStudioClient
+from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.server import LabelStudioServer
+from tests.support.browser import ARTIFACTS, launch_chromium
+
+pytestmark = [pytest.mark.browser, pytest.mark.labelstudio]
+
+H, W = 240, 320
+SIDE = 64
+FPS = 8
+N_FRAMES = 24
+SEEK_FRAME = 13  # 1-based Label Studio frame = source frame 12, mid-clip
+LABEL = "square"  # the only class: red (#f23c3c) in the generated config
+
+
+def _square(index: int) -> tuple[int, int, int, int]:
+    """xyxy of the square on source frame ``index``: left to right, slightly down."""
+    x, y = 16 + 8 * index, 40 + 2 * index
+    return x, y, x + SIDE, y + SIDE
+
+
+def _frames() -> list[np.ndarray]:
+    frames = []
+    for i in range(N_FRAMES):
+        rgb = np.zeros((H, W, 3), np.uint8)
+        x1, y1, x2, y2 = _square(i)
+        rgb[y1:y2, x1:x2] = 255
+        frames.append(rgb)
+    return frames
+
+
+def _tracks() -> VideoTracks:
+    track_frames = []
+    for i in range(N_FRAMES):
+        x1, y1, x2, y2 = _square(i)
+        mask = np.zeros((H, W), bool)
+        mask[y1:y2, x1:x2] = True
+        track_frames.append(TrackFrame(i, i / FPS, mask_to_rle(mask), (x1, y1, x2, y2), score=0.9, presence=1.0))
+    return VideoTracks(
+        height=H,
+        width=W,
+        fps=float(FPS),
+        frame_count=N_FRAMES,
+        sampled_frames=list(range(N_FRAMES)),
+        tracks=[Track(track_id=1, label=LABEL, frames=track_frames)],
+        duration_s=N_FRAMES / FPS,
+    )
+
+
+def _red_box(png: bytes, min_run: int = 20) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the rows/columns with at least ``min_run`` pixels tinted by the label's red, or None."""
+    rgb = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(np.int16)
+    red = (rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 60)
+    rows = np.flatnonzero(red.sum(axis=1) >= min_run)
+    cols = np.flatnonzero(red.sum(axis=0) >= min_run)
+    if rows.size == 0 or cols.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+_STATE_JS = """() => {
+  const store = window.Htx;
+  const ann = store && store.annotationStore && store.annotationStore.selected;
+  if (!ann) return null;
+  const video = ann.names.get('video');
+  const el = document.querySelector('video');
+  const rect = el ? el.getBoundingClientRect() : null;
+  return {
+    frame: video ? video.frame : null,
+    regions: ann.regions.map(r => ({type: r.type, inLifespan: video ? r.isInLifespan(video.frame) : null,
+                                    shape: video && r.getShape ? r.getShape(video.frame) : null})),
+    video: rect ? {x: rect.x, y: rect.y, w: rect.width, h: rect.height,
+                   readyState: el.readyState, duration: el.duration, error: el.error && el.error.code} : null,
+  };
+}"""
+
+
+def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
+    label_studio_server: LabelStudioServer,
+    ls_client: LabelStudioClient,
+    ls_catalog: Catalog,
+    make_assets: Callable[..., list[int]],
+    cors_file_server: tuple[str, Path],
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base_url, served = cors_file_server
+    write_video(served / "square.mp4", _frames(), fps=FPS)
+    project = ensure_project(ls_client, ls_catalog, "browser-video-check", "video", [LABEL], framerate=FPS)
+    (asset,) = make_assets(1, media_type="video", width=W, height=H)
+    import_predictions(ls_client, ls_catalog, project, [(asset, f"{base_url}/square.mp4", _tracks(), "track@t", 0.2)])
+    with ls_catalog.session() as session:
+        task_id = session.query(AnnotationTask).one().external_task_id
+    stored = ls_client.list_predictions(task_id)
+    assert [[r["type"] for r in p["result"]] for p in stored] == [["videorectangle"]]
+
+    creds = label_studio_server.credentials
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "label_studio_video_prediction.png"
+    state: Any = None
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(90_000)  # the dev server is slow to serve its bundles on a loaded machine
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)[:300]))
+            page.goto(f"{label_studio_server.url}/user/login/")
+            page.fill("input[name=email]", creds.username)
+            page.fill("input[name=password]", creds.password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/user/login" not in url)
+            page.goto(f"{label_studio_server.url}/projects/{project.external_project_id}/data?task={task_id}")
+            try:
+                expect(page.locator(".lsf-outliner-item")).to_have_count(1, timeout=90_000)
+                page.wait_for_function(
+                    "() => { const v = document.querySelector('video'); return v && v.readyState >= 2; }",
+                    timeout=60_000,
+                )
+            except AssertionError as exc:
+                shot.write_bytes(page.screenshot())
+                raise AssertionError(
+                    f"no region listed or video not loaded (see {shot}); state={page.evaluate(_STATE_JS)!r}; "
+                    f"predictions={stored!r}; page errors={errors[-5:]}"
+                ) from exc
+            page.evaluate(f"() => window.Htx.annotationStore.selected.names.get('video').setFrame({SEEK_FRAME})")
+            page.wait_for_timeout(2000)
+            print("DEBUG after setFrame", page.evaluate(_STATE_JS))
+            print("DEBUG ref", page.evaluate("() => { const v = window.Htx.annotationStore.selected.names.get('video'); const r = v.ref.current; return {keys: r ? Object.keys(r) : null, pos: r && r.position, ct: r && r.currentTime, fr: v.framerate, len: v.length}; }"))
+            html = page.content()
+            i = html.find(' of ')
+            print("DEBUG html", html[max(0, i - 1500): i + 300])
+            expected = None
+            png = page.screenshot()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # seek, frame decode and canvas redraw settle asynchronously
+                state = page.evaluate(_STATE_JS)
+                png = page.screenshot()
+                expected = _expected_box(state)
+                drawn = _red_box(png)
+                if expected and drawn and np.allclose(drawn, expected, atol=6):
+                    break
+                page.wait_for_timeout(500)
+            shot.write_bytes(png)
+        finally:
+            browser.close()
+    assert state and state["frame"] == SEEK_FRAME, f"editor not on frame {SEEK_FRAME}: {state!r}"
+    assert [r["inLifespan"] for r in state["regions"]] == [True], f"region not alive on the frame: {state!r}"
+    drawn = _red_box(png)
+    assert drawn is not None, f"no region drawn on frame {SEEK_FRAME}; see {shot}; state={state!r}"
+    assert np.allclose(drawn, expected, atol=6), f"region drawn at {drawn}, square at {expected}; see {shot}"
+
+
+def _expected_box(state: Any) -> tuple[float, float, float, float] | None:
+    """Screen xyxy of the square on the seeked frame, from the <video> element's on-page box."""
+    if not state or not state.get("video"):
+        return None
+    v = state["video"]
+    scale = min(v["w"] / W, v["h"] / H)  # letterboxed inside the element
+    ox, oy = v["x"] + (v["w"] - W * scale) / 2, v["y"] + (v["h"] - H * scale) / 2
+    x1, y1, x2, y2 = _square(SEEK_FRAME - 1)
+    return ox + x1 * scale, oy + y1 * scale, ox + x2 * scale, oy + y2 * scale
