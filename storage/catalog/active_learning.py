@@ -190,20 +190,7 @@ def corrected_items(catalog: Catalog, project_id: int, data_version_id: int | No
         for asset, task, ann in latest.values():
             if not asset.sha256 or not asset.height or not asset.width:
                 continue
-            version, records = _prediction_records(session, task)
-            out.append(
-                Item(
-                    asset.id,
-                    task.frame_index,
-                    task.external_task_id,
-                    asset.sha256,
-                    int(asset.height),
-                    int(asset.width),
-                    version,
-                    records,
-                    list(ann.instances or []),
-                )
-            )
+            out.append(_item(session, asset, task, list(ann.instances or [])))
     return sorted(out, key=lambda i: (i.asset_id, i.frame_index))
 
 
@@ -217,22 +204,16 @@ def pool_items(catalog: Catalog, project_id: int) -> list[Item]:
             .where(AnnotationTask.project_id == project_id, AnnotationTask.id.not_in(done))
             .order_by(AnnotationTask.id)
         ).all()
-        out = []
-        for asset, task in rows:
-            version, records = _prediction_records(session, task)
-            out.append(
-                Item(
-                    asset.id,
-                    task.frame_index,
-                    task.external_task_id,
-                    asset.sha256 or "",
-                    int(asset.height or 0),
-                    int(asset.width or 0),
-                    version,
-                    records,
-                )
-            )
-    return out
+        return [_item(session, asset, task) for asset, task in rows]
+
+
+def _item(session: Any, asset: Asset, task: AnnotationTask, human: list[dict[str, Any]] | None = None) -> Item:
+    """The task's item with the prediction people see on it (and their final instances, for corrected items)."""
+    version, records = _prediction_records(session, task)
+    height, width = int(asset.height or 0), int(asset.width or 0)
+    return Item(
+        asset.id, task.frame_index, task.external_task_id, asset.sha256 or "", height, width, version, records, human
+    )
 
 
 def round_items(catalog: Catalog, project_id: int, data_version_id: int | None, held_out_fraction: float) -> RoundItems:

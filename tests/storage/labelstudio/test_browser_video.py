@@ -72,15 +72,31 @@ def _tracks() -> VideoTracks:
     )
 
 
-def _red_box(png: bytes, min_run: int = 20) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) of the rows/columns with at least ``min_run`` pixels tinted by the label's red, or None."""
-    rgb = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(np.int16)
-    red = (rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 60)
-    rows = np.flatnonzero(red.sum(axis=1) >= min_run)
-    cols = np.flatnonzero(red.sum(axis=0) >= min_run)
+def _box(pixels: np.ndarray, min_run: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the rows/columns holding at least ``min_run`` pixels (ignores thin UI accents), or None."""
+    rows = np.flatnonzero(pixels.sum(axis=1) >= min_run)
+    cols = np.flatnonzero(pixels.sum(axis=0) >= min_run)
     if rows.size == 0 or cols.size == 0:
         return None
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _video_frame(png: bytes) -> tuple[int, int, int, int] | None:
+    """Screen xyxy of the drawn video frame: the black area (the clip's background)."""
+    return _box((np.asarray(Image.open(BytesIO(png)).convert("RGB")) < 16).all(axis=-1), min_run=100)
+
+
+def _red_box(png: bytes) -> tuple[int, int, int, int] | None:
+    """Screen xyxy of the label's red (stroke, and its fill over the white square) drawn over the video frame."""
+    frame = _video_frame(png)
+    if frame is None:
+        return None
+    fx0, fy0, fx1, fy1 = frame
+    rgb = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(np.int16)[fy0 - 4 : fy1 + 4, fx0 - 4 : fx1 + 4]
+    box = _box((rgb[..., 0] - rgb[..., 1] > 30) & (rgb[..., 0] - rgb[..., 2] > 30), min_run=20)
+    if box is None:
+        return None
+    return box[0] + fx0 - 4, box[1] + fy0 - 4, box[2] + fx0 - 4, box[3] + fy0 - 4
 
 
 _STATE_JS = """() => {
@@ -148,20 +164,15 @@ def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
                     f"no region listed or video not loaded (see {shot}); state={page.evaluate(_STATE_JS)!r}; "
                     f"predictions={stored!r}; page errors={errors[-5:]}"
                 ) from exc
-            page.evaluate(f"() => window.Htx.annotationStore.selected.names.get('video').setFrame({SEEK_FRAME})")
-            page.wait_for_timeout(2000)
-            print("DEBUG after setFrame", page.evaluate(_STATE_JS))
-            print("DEBUG ref", page.evaluate("() => { const v = window.Htx.annotationStore.selected.names.get('video'); const r = v.ref.current; return {keys: r ? Object.keys(r) : null, pos: r && r.position, ct: r && r.currentTime, fr: v.framerate, len: v.length}; }"))
-            html = page.content()
-            i = html.find(' of ')
-            print("DEBUG html", html[max(0, i - 1500): i + 300])
+            page.evaluate(f"() => window.Htx.annotationStore.selected.names.get('video').ref.current.goToFrame({SEEK_FRAME})")
+            print("DEBUG", page.evaluate("() => Array.from(new Set(Array.from(document.querySelectorAll('[class]')).map(e => (e.getAttribute('class')||'') + ' <' + e.tagName + '> ' + (e.getAttribute('aria-label')||'') + (e.getAttribute('data-testid')||'')).filter(c => /timeline|frame|control|seek|position/i.test(c)))).join('\\n')"))
             expected = None
             png = page.screenshot()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # seek, frame decode and canvas redraw settle asynchronously
                 state = page.evaluate(_STATE_JS)
                 png = page.screenshot()
-                expected = _expected_box(state)
+                expected = _expected_box(png)
                 drawn = _red_box(png)
                 if expected and drawn and np.allclose(drawn, expected, atol=6):
                     break
@@ -176,12 +187,12 @@ def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
     assert np.allclose(drawn, expected, atol=6), f"region drawn at {drawn}, square at {expected}; see {shot}"
 
 
-def _expected_box(state: Any) -> tuple[float, float, float, float] | None:
-    """Screen xyxy of the square on the seeked frame, from the <video> element's on-page box."""
-    if not state or not state.get("video"):
+def _expected_box(png: bytes) -> tuple[float, float, float, float] | None:
+    """Screen xyxy of the square on the seeked frame, placed inside the drawn (black) video frame."""
+    frame = _video_frame(png)
+    if frame is None:
         return None
-    v = state["video"]
-    scale = min(v["w"] / W, v["h"] / H)  # letterboxed inside the element
-    ox, oy = v["x"] + (v["w"] - W * scale) / 2, v["y"] + (v["h"] - H * scale) / 2
+    fx0, fy0, fx1, fy1 = frame
+    sx, sy = (fx1 - fx0) / W, (fy1 - fy0) / H
     x1, y1, x2, y2 = _square(SEEK_FRAME - 1)
-    return ox + x1 * scale, oy + y1 * scale, ox + x2 * scale, oy + y2 * scale
+    return fx0 + x1 * sx, fy0 + y1 * sy, fx0 + x2 * sx, fy0 + y2 * sy
