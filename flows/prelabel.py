@@ -1,7 +1,7 @@
 """Flow ``prelabel``: bucket → SAM 2 → Label Studio, resumable and overlapped.
 
 Discover new asset revisions, then per batch: fetch (threads) → segment (the model, in the flow's thread) →
-import into Label Studio (threads). The fetch and import bodies run in a helper process (:mod:`tasks.io_process`). While batch k is being segmented, batch k+1 is downloaded and batch k-1 is
+import into Label Studio (threads). The fetch and import bodies run in a helper process (:mod:`storage.io_helper.process`). While batch k is being segmented, batch k+1 is downloaded and batch k-1 is
 imported. Kill it at any point and run it again: nothing already imported is lost or imported twice.
 """
 
@@ -23,12 +23,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import reconcile
 from storage import run_report
 from storage.catalog.runs import recorded_run
+from storage.io_helper.process import IoProcess
 from storage.params import PrelabelParams
 from storage.prelabel import plan
 from storage.services import Services
 from storage.settings import Settings
 from tasks.discovery import discover_assets
-from tasks.io_process import IoProcess
 from tasks.prelabel import fetch_batch, import_batch, open_job, plan_batches, segment_batch
 
 # Batch progress for terminals: ``maskloop prelabel`` draws a bar from these records (extra: done, total, assets).

@@ -2,7 +2,7 @@
 
 I/O tasks (S3, Label Studio, SQL) retry with exponential backoff and jitter; the model task is not retried on bad
 input (bad objects are recorded and skipped inside it). The model is loaded once per worker process. The I/O task
-bodies run in the flow's I/O helper process when it has one (``io``; :mod:`tasks.io_process`), so their Python does
+bodies run in the flow's I/O helper process when it has one (``io``; :mod:`storage.io_helper.process`), so their Python does
 not take the GIL from the model thread; retries, states and logs stay with the task here.
 """
 
@@ -16,11 +16,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from storage import leases
+from storage.io_helper.process import IoProcess
 from storage.params import FanoutParams, PrelabelParams
 from storage.prelabel import fetch, imports, plan, predict
 from storage.prelabel.plan import JobRef, StageReport
 from storage.services import Services
-from tasks.io_process import IoProcess
 from tasks.models import Models, model_identity
 
 

@@ -164,8 +164,23 @@ def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
                     f"no region listed or video not loaded (see {shot}); state={page.evaluate(_STATE_JS)!r}; "
                     f"predictions={stored!r}; page errors={errors[-5:]}"
                 ) from exc
-            page.evaluate(f"() => window.Htx.annotationStore.selected.names.get('video').ref.current.goToFrame({SEEK_FRAME})")
-            print("DEBUG", page.evaluate("() => Array.from(new Set(Array.from(document.querySelectorAll('[class]')).map(e => (e.getAttribute('class')||'') + ' <' + e.tagName + '> ' + (e.getAttribute('aria-label')||'') + (e.getAttribute('data-testid')||'')).filter(c => /timeline|frame|control|seek|position/i.test(c)))).join('\\n')"))
+            page.mouse.click(700, 400)
+            for _ in range(SEEK_FRAME - 1):
+                page.keyboard.press("Alt+ArrowRight")
+                page.wait_for_timeout(100)
+            page.wait_for_timeout(1000)
+            print("DEBUG keys", page.evaluate(_STATE_JS)["frame"])
+            if page.evaluate(_STATE_JS)["frame"] == 1:
+                try:
+                    page.get_by_text("of 24").first.click(timeout=5000)
+                    page.wait_for_timeout(500)
+                    page.keyboard.press("Control+A")
+                    page.keyboard.type(str(SEEK_FRAME))
+                    page.keyboard.press("Enter")
+                    page.wait_for_timeout(1000)
+                except Exception as exc:
+                    print("DEBUG click", exc)
+                print("DEBUG counter", page.evaluate(_STATE_JS)["frame"])
             expected = None
             png = page.screenshot()
             deadline = time.monotonic() + 30

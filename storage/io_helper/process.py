@@ -5,7 +5,7 @@ SQLAlchemy) and, as threads of the same process, they take the GIL from the mode
 In a child process their Python runs on its own interpreter; the flow's threads only wait on a pipe
 (docs/prelabel-throughput.md has the measurements).
 
-The child is ``python -m tasks.io_worker``, not ``multiprocessing``: a script that runs a flow needs no
+The child is ``python -m storage.io_helper.worker``, not ``multiprocessing``: a script that runs a flow needs no
 ``if __name__ == "__main__"`` guard, and nothing of the parent is re-imported. Requests and answers are pickles over
 the child's stdin/stdout, each with an id, so the fetch of batch k+1 and the import of batch k-1 run at the same time.
 Until the child says it is ready (it starts while the flow discovers and fetches its first batch; ``wait_ready_s``
@@ -101,7 +101,7 @@ class IoProcess:
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks.io_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            [sys.executable, "-m", "storage.io_helper.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
         self._ready_deadline = time.monotonic() + self.wait_ready_s
         threading.Thread(target=self._read_answers, name="maskloop-io-reader", daemon=True).start()

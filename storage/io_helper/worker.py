@@ -1,4 +1,4 @@
-"""The child side of :class:`tasks.io_process.IoProcess`: ``python -m tasks.io_worker``.
+"""The child side of :class:`storage.io_helper.process.IoProcess`: ``python -m storage.io_helper.worker``.
 
 Reads ``(call id, function, args)`` pickles from stdin, runs each in a thread (so a download and an import overlap),
 and writes ``(call id, ok, value or (exception, traceback text), log records)`` to stdout. Log records of a call are sent back with
@@ -19,8 +19,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from storage.io_helper.process import READY, read_frame, write_frame
 from storage.services import Services
-from tasks.io_process import READY, read_frame, write_frame
 
 _RECORDS: contextvars.ContextVar[list[logging.LogRecord] | None] = contextvars.ContextVar("records", default=None)
 MAX_CONCURRENT_CALLS = 4

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from storage.io_helper.process import IoProcess
 from storage.labelstudio.client import LabelStudioError
-from tasks.io_process import IoProcess
 from tasks.prelabel import is_transient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -158,8 +158,8 @@ def test_calls_fall_back_to_the_calling_thread_once_the_helper_is_gone() -> None
 
 _PARENT = """
 import os, sys, time
-from tasks.io_process import IoProcess
-from tests.tasks.test_io_process import sleep_then_touch
+from storage.io_helper.process import IoProcess
+from tests.storage.test_io_helper import sleep_then_touch
 io = IoProcess(); io.start(); assert io.wait_ready(60)
 print(io.pid, flush=True)
 io.call(sleep_then_touch, sys.argv[1], 2.0)
