@@ -88,7 +88,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_versions(args: argparse.Namespace) -> int:
     from storage.catalog import Catalog
     from storage.s3 import make_client
-    from storage.versions import describe, diff_versions, export_version, get_version, list_versions, write_preview
+    from storage.version_export import export_version, write_preview
+    from storage.versions import describe, diff_versions, get_version, list_versions
 
     settings = stack_settings_of(args)
     catalog = Catalog(settings.resolved_database_url)

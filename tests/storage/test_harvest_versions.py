@@ -27,7 +27,8 @@ from storage.labelstudio.convert import instances_to_results
 from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.s3 import presigned_get_url
 from storage.settings import Settings
-from storage.versions import create_version, describe, diff_versions, export_version, list_versions, write_preview
+from storage.version_export import export_version, write_preview
+from storage.versions import create_version, describe, diff_versions, list_versions
 
 pytestmark = pytest.mark.labelstudio
 

@@ -18,7 +18,7 @@ from model.masks import masks_to_boxes
 from storage.catalog import Catalog
 from storage.formats.registry import UnknownExportFormatError
 from storage.settings import Settings
-from storage.versions import export_version
+from storage.version_export import export_version
 from tests.support.dataset_versions import MadeImage, box_mask, make_version
 
 H, W = 40, 56
