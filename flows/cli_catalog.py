@@ -89,7 +89,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
     from storage.catalog import Catalog
     from storage.s3 import make_client
     from storage.version_export import export_version, write_preview
-    from storage.versions import describe, diff_versions, get_version, list_versions
+    from storage.version_reads import describe, diff_versions, get_version, list_versions
 
     settings = stack_settings_of(args)
     catalog = Catalog(settings.resolved_database_url)

@@ -15,7 +15,8 @@ from storage.catalog import Catalog
 from storage.formats.export_layout import MANIFEST_FILE, ExportResult, plan_export
 from storage.formats.exporter import CocoItems, ExportSource
 from storage.formats.registry import exporter_for
-from storage.versions import _get_json, get_version
+from storage.version_reads import get_version
+from storage.versions import _get_json
 
 logger = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from storage.catalog import AnnotationTask, Asset, Catalog, Run, WorkUnit, WorkU
 from storage.labelstudio.client import LabelStudioClient
 from storage.s3 import make_client
 from storage.settings import Settings
-from tests.support.flow_fixtures import png_bytes
 from tests.flows.test_events import _notifying_queue
 from tests.flows.test_prelabel import LOOSE, ls_tasks
+from tests.support.flow_fixtures import png_bytes
 from tests.support.prefect_cluster import prefect_server, process_worker, stop, wait_started, worker_env
 from tests.support.servers import postgres_available, throwaway_postgres_database
 

@@ -11,7 +11,8 @@ from storage.harvest import AnnotationError, content_hash
 from storage.labelstudio.annotations import image_records, interpolate_sequence
 from storage.labelstudio.config import LabelConfig, image_label_config
 from storage.labelstudio.convert import mask_to_brush_rle
-from storage.versions import diff_items, manifest_hash
+from storage.version_reads import diff_items
+from storage.versions import manifest_hash
 
 
 def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -28,7 +28,8 @@ from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.s3 import presigned_get_url
 from storage.settings import Settings
 from storage.version_export import export_version, write_preview
-from storage.versions import create_version, describe, diff_versions, list_versions
+from storage.version_reads import describe, diff_versions, list_versions
+from storage.versions import create_version
 
 pytestmark = pytest.mark.labelstudio
 

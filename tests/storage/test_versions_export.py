@@ -163,7 +163,7 @@ def test_coco_export_writes_the_frozen_coco_and_manifest_byte_for_byte_but_for_f
 ) -> None:
     from storage.formats.export_layout import plan_export
     from storage.s3 import parse_s3_uri
-    from storage.versions import get_version
+    from storage.version_reads import get_version
 
     def stored(uri: str) -> Any:
         bucket_name, key = parse_s3_uri(uri)

@@ -2,7 +2,8 @@
 the moving square on a mid-clip frame (not only stored through the API).
 
 A white square moves across a black H.264 clip (8 fps, 24 frames, written by PyAV); its track goes through
-``to_ls_video_results`` and ``import_predictions`` into a video project at the clip's rate. The editor is moved to a
+``to_ls_video_results`` and ``import_predictions`` into a video project at 25 fps (the default rate, not the
+clip's), so the box is only where the square is if the keyframes were placed by time. The editor is moved to a
 mid-clip frame with its own hotkey and read back through its store (``window.Htx``), and the screenshot must show the region's red box
 around the square's position on that frame. The screenshot goes to ``test-artifacts/``.
 """
@@ -23,6 +24,7 @@ from model.masks import mask_to_rle
 from model.tracks import Track, TrackFrame, VideoTracks
 from model.video import write_video
 from storage.catalog import AnnotationTask, Catalog
+from storage.formats.ls_video import project_frame
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.labelstudio.server import LabelStudioServer
@@ -32,14 +34,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.labelstudio]
 
 H, W = 240, 320
 SIDE = 64
-FPS = 8
+FPS = 8  # the clip's rate
+PROJECT_FPS = 25.0  # the project's <Video framerate> (the default): keyframes must be placed by time, not by index
 N_FRAMES = 24
-SEEK_FRAME = 11  # 1-based Label Studio frame = source frame 10, mid-clip (one Alt+Right from frame 1)
 LABEL = "square"  # the only class: red (#f23c3c) in the generated config
 
 
-def _square(index: int) -> tuple[int, int, int, int]:
-    """xyxy of the square on source frame ``index``: left to right, slightly down."""
+def _square(index: float) -> tuple[float, float, float, float]:
+    """xyxy of the square on source frame ``index`` (fractional: where it is between frames): left to right, down."""
     x, y = 16 + 8 * index, 40 + 2 * index
     return x, y, x + SIDE, y + SIDE
 
@@ -48,7 +50,7 @@ def _frames() -> list[np.ndarray]:
     frames = []
     for i in range(N_FRAMES):
         rgb = np.zeros((H, W, 3), np.uint8)
-        x1, y1, x2, y2 = _square(i)
+        x1, y1, x2, y2 = map(int, _square(i))
         rgb[y1:y2, x1:x2] = 255
         frames.append(rgb)
     return frames
@@ -57,7 +59,7 @@ def _frames() -> list[np.ndarray]:
 def _tracks() -> VideoTracks:
     track_frames = []
     for i in range(N_FRAMES):
-        x1, y1, x2, y2 = _square(i)
+        x1, y1, x2, y2 = map(int, _square(i))
         mask = np.zeros((H, W), bool)
         mask[y1:y2, x1:x2] = True
         track_frames.append(TrackFrame(i, i / FPS, mask_to_rle(mask), (x1, y1, x2, y2), score=0.9, presence=1.0))
@@ -99,6 +101,7 @@ def _red_box(png: bytes) -> tuple[int, int, int, int] | None:
     return box[0] + fx0 - 4, box[1] + fy0 - 4, box[2] + fx0 - 4, box[3] + fy0 - 4
 
 
+_VIDEO_JS = "window.Htx.annotationStore.selected.names.get('video')"  # the editor's <Video> tag model
 _STATE_JS = """() => {
   const store = window.Htx;
   const ann = store && store.annotationStore && store.annotationStore.selected;
@@ -127,7 +130,7 @@ def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
 
     base_url, served = cors_file_server
     write_video(served / "square.mp4", _frames(), fps=FPS)
-    project = ensure_project(ls_client, ls_catalog, "browser-video-check", "video", [LABEL], framerate=FPS)
+    project = ensure_project(ls_client, ls_catalog, "browser-video-check", "video", [LABEL], framerate=PROJECT_FPS)
     (asset,) = make_assets(1, media_type="video", width=W, height=H)
     import_predictions(ls_client, ls_catalog, project, [(asset, f"{base_url}/square.mp4", _tracks(), "track@t", 0.2)])
     with ls_catalog.session() as session:
@@ -164,19 +167,18 @@ def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
                     f"no region listed or video not loaded (see {shot}); state={page.evaluate(_STATE_JS)!r}; "
                     f"predictions={stored!r}; page errors={errors[-5:]}"
                 ) from exc
-            # seek with the editor's own hotkey (Alt+Right steps 10 frames; it needs the editor focused)
+            # seek with the editor's own hotkey (Alt+Right jumps ahead; the editor must have the focus)
             page.mouse.click(660, 700)  # empty editor area below the video
             page.keyboard.press("Alt+ArrowRight")
-            page.wait_for_function(
-                f"() => window.Htx.annotationStore.selected.names.get('video').frame === {SEEK_FRAME}", timeout=30_000
-            )
+            page.wait_for_function(f"() => ({_VIDEO_JS}).frame > 1", timeout=30_000)
+            frame = page.evaluate(f"() => ({_VIDEO_JS}).frame")
             expected = None
             png = page.screenshot()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # seek, frame decode and canvas redraw settle asynchronously
                 state = page.evaluate(_STATE_JS)
                 png = page.screenshot()
-                expected = _expected_box(png)
+                expected = _expected_box(png, frame)
                 drawn = _red_box(png)
                 if expected and drawn and np.allclose(drawn, expected, atol=6):
                     break
@@ -184,19 +186,20 @@ def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
             shot.write_bytes(png)
         finally:
             browser.close()
-    assert state and state["frame"] == SEEK_FRAME, f"editor not on frame {SEEK_FRAME}: {state!r}"
+    last = project_frame((N_FRAMES - 1) / FPS, PROJECT_FPS)
+    assert state and state["frame"] == frame and 1 < frame < last, f"editor not mid-clip: {state!r}"
     assert [r["inLifespan"] for r in state["regions"]] == [True], f"region not alive on the frame: {state!r}"
     drawn = _red_box(png)
-    assert drawn is not None, f"no region drawn on frame {SEEK_FRAME}; see {shot}; state={state!r}"
+    assert drawn is not None, f"no region drawn on frame {frame}; see {shot}; state={state!r}"
     assert np.allclose(drawn, expected, atol=6), f"region drawn at {drawn}, square at {expected}; see {shot}"
 
 
-def _expected_box(png: bytes) -> tuple[float, float, float, float] | None:
-    """Screen xyxy of the square on the seeked frame, placed inside the drawn (black) video frame."""
+def _expected_box(png: bytes, frame: int) -> tuple[float, float, float, float] | None:
+    """Screen xyxy of the square at project frame ``frame``'s time, placed inside the drawn (black) video frame."""
     frame = _video_frame(png)
     if frame is None:
         return None
     fx0, fy0, fx1, fy1 = frame
     sx, sy = (fx1 - fx0) / W, (fy1 - fy0) / H
-    x1, y1, x2, y2 = _square(SEEK_FRAME - 1)
+    x1, y1, x2, y2 = _square((frame - 1) / PROJECT_FPS * FPS)  # the frame's time, in source frames
     return fx0 + x1 * sx, fy0 + y1 * sy, fx0 + x2 * sx, fy0 + y2 * sy
