@@ -95,7 +95,7 @@ def test_demo_then_one_upload_becomes_a_prelabelled_label_studio_task_with_no_ot
         with capsys.disabled():
             print(f"\nupload -> pre-labelled Label Studio task: {delay:.1f} s")
         assert delay < UPLOAD_TO_TASK_S
-        assert upload_run.parameters["source"] == f"s3://{DEMO_BUCKET}/{key}", "started by the upload's event"
+        assert upload_run.parameters["params"]["source"] == f"s3://{DEMO_BUCKET}/{key}", "started by the upload's event"
         assert upload_run.labels["prefect.worker.name"] == WORKER_NAME
         assert predictions[0]["model_version"].startswith("shapes-tiny@"), "the demo's model, from the deployment"
     finally:

@@ -137,15 +137,16 @@ def scale_out_spec(bucket: str, project: str) -> dict[str, Any]:
     spec = yaml.safe_load((REPO_ROOT / "deployments" / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
     fanout, unit, on_upload = by_name["prelabel"], by_name["prelabel-unit"], by_name["prelabel-on-upload"]
-    assert fanout["parameters"]["deployment_name"] == f"prelabel-unit/{unit['name']}"
-    assert fanout["parameters"]["gpu_limit"] == "gpu" and fanout["schedules"][0]["cron"] == "0 * * * *"
+    fanout_params = fanout["parameters"]["params"]  # storage.params.FanoutParams
+    assert fanout_params["deployment_name"] == f"prelabel-unit/{unit['name']}"
+    assert fanout_params["gpu_limit"] == "gpu" and fanout["schedules"][0]["cron"] == "0 * * * *"
     cpu = {"env": {"OMP_NUM_THREADS": "1", "MASKLOOP_DEVICE": "cpu"}}
     common = {"project": project, "batch_size": 1, "strategy_params": LOOSE}
     leases = {"lease_ttl_s": LEASE_TTL_S, "heartbeat_s": HEARTBEAT_S}
-    fanout["parameters"].update(source=f"s3://{bucket}/in/", unit_size=UNIT_SIZE, **common, **leases)
+    fanout_params.update(source=f"s3://{bucket}/in/", unit_size=UNIT_SIZE, **common, **leases)
     fanout["schedules"] = [{"interval": SCHEDULE_S}]
-    on_upload["parameters"].update(**common, **leases)
     (trigger,) = on_upload["triggers"]
+    trigger["parameters"]["params"].update(**common, **leases)  # a trigger's parameters are the whole model
     assert trigger["match"] == {"prefect.resource.id": "s3://maskloop/incoming/*"}
     trigger["match"] = {"prefect.resource.id": f"s3://{bucket}/in/*"}
     unit["work_pool"] = {"name": "maskloop-process", "job_variables": cpu}
@@ -364,7 +365,10 @@ def test_prelabel_schedule_fans_out_units_that_both_workers_run_and_imports_each
     with cluster.api() as client:
         for unit in units:
             run = client.read_flow_run(owners[unit.id]["run"])
-            assert run.deployment_id == cluster.deployments["prelabel-unit"] and run.parameters["unit_id"] == unit.id
+            assert (
+                run.deployment_id == cluster.deployments["prelabel-unit"]
+                and run.parameters["params"]["unit_id"] == unit.id
+            )
             assert run.idempotency_key == f"prelabel-unit-{fanout.id}-{unit.id}", "dispatched by the scheduled run"
             assert run.labels["prefect.worker.name"] == owners[unit.id]["worker"], "Prefect agrees on the worker"
             final = cluster.wait_for(f"unit run {run.id} final", _final(client, run.id), 60)
@@ -390,7 +394,7 @@ def test_upload_notification_through_the_bridge_triggers_prelabel_on_upload_and_
         (run,) = cluster.wait_for("the trigger's prelabel-on-upload run", lambda: _runs(client, on_upload), 90)
         run = cluster.wait_for("it to finish", _final(client, run.id), 240)
     assert run.state.is_completed(), cluster.tail_logs()
-    assert run.parameters["source"] == f"s3://{cluster.bucket}/{key}" and not run.auto_scheduled
+    assert run.parameters["params"]["source"] == f"s3://{cluster.bucket}/{key}" and not run.auto_scheduled
     (unit,) = _units_of(cluster, [key])
     assert (unit.source, unit.status) == (f"s3://{cluster.bucket}/{key}", "done"), "a unit of its own, under a lease"
     assert _owner(unit)["worker"] in WORKERS
@@ -477,12 +481,13 @@ def test_worker_killed_mid_unit_loses_its_lease_and_the_other_worker_reruns_the_
 
     attempts = _unit_runs(cluster, victim.id)
     assert [(r.parameters["lease_owner"], r.status) for r in attempts] == [
-        (victim.lease_owner, "running"),  # the killed attempt never finished its catalog run
+        (victim.lease_owner, "crashed"),  # never finished; the re-dispatching fan-out's reconcile said so
         (taken.lease_owner, "completed"),
     ]
     assert _aware(attempts[1].started_at) >= expired_at, "taken over only once the lease had expired"
     with cluster.api() as client:
         first, second = (client.read_flow_run(m["run"]) for m in (dead, new))
+        assert first.state is not None and first.state.is_crashed(), "a killed worker's run must not stay RUNNING"
         assert first.labels["prefect.worker.name"] == dead["worker"]
         assert second.labels["prefect.worker.name"] == survivor
         assert first.idempotency_key == f"prelabel-unit-{dispatch.id}-{victim.id}"
