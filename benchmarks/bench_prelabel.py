@@ -90,11 +90,11 @@ def main() -> None:
     from model.cache import get_segmenter
     from model.images import decode_image
     from model.synthetic import SyntheticDomain
-    from tests.support.tiny_models import save_tiny_sam2
     from storage.labelstudio.server import LabelStudioServer
     from storage.s3 import make_client
     from storage.settings import Settings
     from tasks.models import resolve_model_id
+    from tests.support.tiny_models import save_tiny_sam2
 
     strategy_params = {
         "points_per_side": args.points_per_side,

@@ -42,12 +42,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from tests.support.tiny_models import save_tiny_sam2
     from storage.labelstudio.server import LabelStudioServer
     from storage.s3 import make_client
     from storage.settings import Settings
     from tests.support.prefect_cluster import prefect_server
     from tests.support.servers import moto_s3_server
+    from tests.support.tiny_models import save_tiny_sam2
 
     rng = np.random.default_rng(0)
     blobs = []
@@ -130,8 +130,8 @@ def _measure(url: str, server_env: dict[str, str], settings: Any, workers: int, 
     from sqlalchemy import select
 
     from flows.prelabel_fanout import prelabel_fanout_flow
-    from storage.params import FanoutParams
     from storage.catalog import Catalog, WorkUnit
+    from storage.params import FanoutParams
     from tests.support.prefect_cluster import process_worker, stop, wait_started, worker_env
 
     env = worker_env(server_env, settings)

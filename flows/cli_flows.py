@@ -12,8 +12,10 @@ from storage.params import ActiveLearningParams, HarvestParams, PrelabelParams
 
 def cmd_prelabel(args: argparse.Namespace) -> int:
     from flows.prelabel import prelabel_flow
+    from storage.annotation.projects import view_project
 
-    result = prelabel_flow(params_from(args, PrelabelParams), settings=stack_settings_of(args))
+    params = params_from(args, PrelabelParams)
+    result = prelabel_flow(params, settings=stack_settings_of(args))
     c = result.count
     print(
         f"run {result.run_id} (job {result.job_id}): {c('done')}/{c('assets')} assets pre-labelled, "
@@ -22,6 +24,11 @@ def cmd_prelabel(args: argparse.Namespace) -> int:
     )
     if c("refreshed") or c("kept"):
         print(f"existing tasks: {c('refreshed')} got the new prediction, {c('kept')} already annotated were left alone")
+    if c("frame_tasks"):
+        print(
+            f"video masks: {c('video_frames')} video frames pre-labelled, {c('frame_tasks')} key frames with brush "
+            f"masks in '{view_project(params.project, 'frames')}'"
+        )
     if c("failed"):
         print(f"failures: maskloop runs show {result.run_id}")
     return 0
@@ -38,6 +45,14 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     )
     for ann_id, reason in h.invalid.items():
         print(f"  invalid annotation {ann_id}: {reason}")
+    if h.frames is not None:
+        f = h.frames
+        print(
+            f"  key frames (video masks): {f.tasks_seen} tasks seen, {f.created} new and {f.updated} changed "
+            f"annotations, {len(f.invalid)} invalid"
+        )
+        for ann_id, reason in f.invalid.items():
+            print(f"    invalid annotation {ann_id}: {reason}")
     if result.version is not None:
         v = result.version
         print(f"dataset {v.dataset} v{v.number} (id {v.version_id}, {'new' if v.created else 'unchanged'})")

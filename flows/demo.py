@@ -173,7 +173,10 @@ def _run_demo(stack: Stack, settings: Settings, keep_running: bool, images: int,
         f"\nrun {result.run_id}: {c('done')}/{c('assets')} new assets pre-labelled ({c('instances')} masks, "
         f"{c('failed')} failed) with {result.model_version}"
     )
-    print(f"Label Studio: {ls.url}  (projects 'maskloop-demo (images)' and 'maskloop-demo (videos)')")
+    print(
+        f"Label Studio: {ls.url}  (projects 'maskloop-demo (images)', 'maskloop-demo (videos)' and "
+        "'maskloop-demo (video frames)')"
+    )
     print(f"  login: {ls.credentials.username}  password: in {ls.data_dir / 'credentials.json'} (owner-only)")
     sheet = demo_report(settings, result.run_id)
     print(f"overlay sheet: {sheet}  (the masks and tracks of this run drawn on its media; open it in a browser)")
@@ -189,7 +192,33 @@ def _run_demo(stack: Stack, settings: Settings, keep_running: bool, images: int,
         print("the stack keeps running; `maskloop stack down` stops it")
     else:
         stack.down()
+    print(video_frames_line(c("video_frames"), c("frame_tasks"), frames_project_url(settings, ls.url, "maskloop-demo")))
     return 0 if c("failed") == 0 else 1
+
+
+def video_frames_line(video_frames: int, frame_tasks: int, project_url: str | None) -> str:
+    """The demo's last line: how many video frames got masks and where a person corrects them (open-source Label
+    Studio has no video masks: the key frames are image tasks of the '(video frames)' project)."""
+    if not frame_tasks or project_url is None:
+        return f"video masks: {video_frames} video frames pre-labelled, no key-frame tasks to correct them on"
+    return (
+        f"video masks: {video_frames} video frames pre-labelled, {frame_tasks} key frames with brush masks (one "
+        f"region per track) to correct at {project_url}"
+    )
+
+
+def frames_project_url(settings: Settings, label_studio_url: str, project: str) -> str | None:
+    """The Label Studio page of ``project``'s '(video frames)' project, None when it was not made."""
+    from storage.annotation import ProjectNotFoundError, find_project
+    from storage.annotation.projects import view_project
+    from storage.catalog import Catalog
+
+    with Catalog(settings.resolved_database_url) as catalog:
+        try:
+            row = find_project(catalog, view_project(project, "frames"), backend="label-studio", url=label_studio_url)
+        except ProjectNotFoundError:
+            return None
+    return f"{label_studio_url.rstrip('/')}/projects/{row.external_project_id}/data"
 
 
 def demo_report(settings: Settings, run_id: int) -> Path:

@@ -33,6 +33,9 @@ def harvest_flow(params: HarvestParams, settings: Settings | None = None) -> Har
         with recorded_run(services.catalog, "harvest", recorded, flow_run_id) as run:
             harvested = harvest_annotations(services, params.project, params.page_size, params.full)
             run.counts.update({k: v for k, v in harvested.to_json().items() if isinstance(v, int)})
+            if harvested.frames is not None:  # a video project's key-frame project, harvested with it
+                frames = harvested.frames.to_json().items()
+                run.counts.update({f"frames_{k}": v for k, v in frames if isinstance(v, int)})
             version = None
             if params.create_version:
                 version = freeze_version(

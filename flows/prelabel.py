@@ -184,8 +184,11 @@ def run_batches(
             imported = future.result()
             counts["import_seconds"] += imported.seconds
             counts["done"] += len(imported.ok)
+            counts["failed"] += len(imported.failed)
             counts["refreshed"] += imported.refreshed
             counts["kept"] += imported.kept
+            counts["video_frames"] += imported.video_frames
+            counts["frame_tasks"] += imported.frame_tasks
     if batches:
         get_run_logger().info(
             "I/O stages: %d calls in the helper process, %d in the flow's threads",

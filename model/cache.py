@@ -78,13 +78,21 @@ _VIDEO_MODELS: dict[tuple[str, str], Any] = {}
 
 
 def get_video_model(model_id: str | os.PathLike[str], device: str = "cpu") -> Any:
-    """The cached :class:`~model.video_model.Sam2Video` for (model_id, device), loading it on first use."""
-    from model.video_model import Sam2Video
+    """The cached video model for (model_id, device), loading it on first use through its family: a
+    :class:`~model.video_model.Sam2Video` for SAM 2 / EdgeTAM, a :class:`~model.concept_video.ConceptVideo` for
+    SAM 3 (tracking by detection)."""
+    from model.families import family_of
 
     key = (str(model_id), str(device))
+    spec = family_of(model_id)
+    if spec.load_video is None:
+        from model.errors import ModelCapabilityError
+
+        raise ModelCapabilityError(f"{model_id!r} is a {spec.title} checkpoint, which does not track video")
     with _LOCK:
         video = _VIDEO_MODELS.get(key)
-        if video is None:
-            video = Sam2Video.from_pretrained(os.fspath(model_id), device=str(device))
-            _VIDEO_MODELS[key] = video
-        return video
+    if video is None:  # loaded outside the lock: a SAM 3 video model takes the segmenter from this cache
+        video = spec.load_video(os.fspath(model_id), device=str(device))
+        with _LOCK:
+            video = _VIDEO_MODELS.setdefault(key, video)
+    return video

@@ -86,6 +86,8 @@ def run_concept(inputs: StrategyInputs, images: list[np.ndarray], params: Mappin
 class ConceptSegmenter:
     """A SAM 3 image model (transformers ``Sam3Model`` + its CLIP tokenizer) with maskloop's pre/post-processing."""
 
+    box_prompts = False  # concepts only: no point/box prompt decoder
+
     def __init__(
         self,
         model: Any,

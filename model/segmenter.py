@@ -134,6 +134,8 @@ class Segmenter:
     """A SAM 2-family image model (transformers ``Sam2Model``, or ``EdgeTamModel``, a ``Sam2Model`` with a RepViT
     image encoder) with maskloop's own pre/post-processing."""
 
+    box_prompts = True  # segments from box prompts (tracking by detection re-segments a lost track from its box)
+
     def __init__(
         self,
         model: Sam2Model,

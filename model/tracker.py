@@ -321,7 +321,7 @@ def track_video(
     else:
         from model.video_detect import DetectionTracker, make_refiner
 
-        refiner = make_refiner(segmenter) if segmenter is not None else None
+        refiner = make_refiner(segmenter) if getattr(segmenter, "box_prompts", False) else None
         tracker = DetectionTracker(None, proposer, params, is_key=prior_frames.__contains__, refiner=refiner)
     for frame in iter_frames(path, every=every, target_fps=target_fps, max_frames=max_frames):
         tracker.add_frame(frame.index, frame.time_s, frame.rgb)

@@ -1,6 +1,7 @@
-"""SAM 2 video models: :class:`Sam2Video` loads transformers' ``Sam2VideoModel`` (from a ``sam2_video`` checkpoint,
-from an image-only ``sam2`` checkpoint by converting the config -- the memory modules are then untrained and a
-warning is logged -- or from Meta's ``.pt``) and starts streaming sessions (:mod:`model.video_session`).
+"""SAM 2-family video models: :class:`Sam2Video` loads transformers' ``Sam2VideoModel`` or ``EdgeTamVideoModel``
+(from a ``sam2_video``/``edgetam_video`` checkpoint, from an image-only ``sam2``/``edgetam`` checkpoint by converting
+the config -- the memory modules are then untrained and a warning is logged -- or from Meta's SAM 2 ``.pt``) and
+starts streaming sessions (:mod:`model.video_session`).
 """
 
 from __future__ import annotations
@@ -99,10 +100,74 @@ def video_config_from_image_config(image_config: Any, **memory: Any) -> Any:
     )
 
 
+def edgetam_video_config_from_image_config(image_config: Any, **memory: Any) -> Any:
+    """Build an ``EdgeTamVideoConfig`` sharing an EdgeTAM image model's encoder/prompt/decoder settings (memory at
+    EdgeTAM's defaults, its attention and encoder widths set to the image model's feature width, the memory RoPE to
+    its lowest-resolution feature map, the perceiver's 2-D latents to 4x4 windows of it; ``memory`` overrides them).
+    Memories stay 64 wide, as released: the image model's feature width must be a multiple of 64."""
+    from transformers import EdgeTamVideoConfig
+
+    vision = image_config.vision_config
+    hidden = int(vision.fpn_hidden_size)
+    if hidden % 64:
+        raise ValueError(f"an EdgeTAM video model needs a feature width that is a multiple of 64, got {hidden}")
+    feat = list(vision.backbone_feature_sizes[-1])
+    # the perceiver pools the memory map in 4x4 windows (released: 64x64 -> 16x16 = 256 latents); keep the window
+    windows = max(1, min(feat) // 4)
+    settings: dict[str, Any] = {
+        "memory_attention_hidden_size": hidden,
+        "memory_encoder_hidden_size": hidden,
+        "mask_downsampler_embed_dim": hidden,
+        "memory_fuser_embed_dim": hidden,
+        "memory_attention_rope_feat_sizes": feat,
+        "perceiver_resampler_num_latents_2d": windows * windows,
+        "memory_attention_rope_k_sizes": [windows, windows],
+        **memory,
+    }
+    return EdgeTamVideoConfig(
+        vision_config=vision.to_dict(),
+        prompt_encoder_config=image_config.prompt_encoder_config.to_dict(),
+        mask_decoder_config=image_config.mask_decoder_config.to_dict(),
+        image_size=int(image_config.prompt_encoder_config.image_size),
+        **settings,
+    )
+
+
+def _init_perceiver_latents(perceiver: Any) -> None:
+    """Draw EdgeTAM's perceiver latents as its constructor does (standard normal): transformers 5.23 leaves them
+    uninitialised (values up to 1e38, NaN downstream) when they are missing from an image-only checkpoint."""
+    with torch.no_grad():
+        for name in ("latents_1d", "latents_2d"):
+            latents = getattr(perceiver, name, None)
+            if latents is not None:
+                latents.normal_()
+
+
+@dataclass(frozen=True)
+class _VideoKind:
+    """How one family's checkpoints become a video model: the transformers class, the image-only ``model_type``
+    whose config is converted (:func:`video_config_from_image_config` and its EdgeTAM twin) and the video one."""
+
+    model_class: str
+    image_type: str
+    video_type: str
+    from_image_config: Any
+
+
+_VIDEO_KINDS = {
+    "sam2": _VideoKind("Sam2VideoModel", "sam2", "sam2_video", video_config_from_image_config),
+    "edgetam": _VideoKind("EdgeTamVideoModel", "edgetam", "edgetam_video", edgetam_video_config_from_image_config),
+}
+_BY_TYPE = {t: kind for kind in _VIDEO_KINDS.values() for t in (kind.image_type, kind.video_type)}
+
+
 def source_is_image_only(path: Path) -> bool:
-    """True when ``path`` holds an image-only ``sam2`` checkpoint (its config says so)."""
+    """True when ``path`` holds an image-only ``sam2``/``edgetam`` checkpoint (its config says so)."""
     config = Path(path) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "sam2"
+    if not config.is_file():
+        return False
+    model_type = json.loads(config.read_text()).get("model_type")
+    return any(model_type == kind.image_type for kind in _VIDEO_KINDS.values())
 
 
 @contextlib.contextmanager
@@ -163,6 +228,7 @@ class Sam2Video:
         ``device``/``dtype`` default as in :mod:`model.device` (cuda if present; bf16 on CUDA, float32 elsewhere);
         the weights are cast to ``dtype``.
         """
+        import transformers
         from transformers import AutoConfig, Sam2VideoModel
 
         from model.device import resolve_dtype as default_dtype
@@ -178,17 +244,27 @@ class Sam2Video:
             loaded = load_pretrained(Sam2VideoModel, str(path))
             return cls(loaded.model.to(device=dev, dtype=dt), f"sam2_video:{loaded.model_version}", str(dev), dt)
         config = AutoConfig.from_pretrained(source, local_files_only=True)
-        if config.model_type == "sam2":
-            logger.warning("%s is an image-only SAM 2 checkpoint: the video memory modules are untrained", source)
-            config = video_config_from_image_config(config)
-        elif config.model_type != "sam2_video":
-            raise ValueError(f"expected a sam2 or sam2_video checkpoint at {source}, got {config.model_type!r}")
+        kind = _BY_TYPE.get(config.model_type)
+        if kind is None:
+            known = ", ".join(sorted(_BY_TYPE))
+            raise ValueError(f"expected a video-capable checkpoint ({known}) at {source}, got {config.model_type!r}")
+        if kind.model_class != "Sam2VideoModel":
+            from model.families import get_family
+
+            get_family(kind.image_type).check_requirements(str(source))
+        model_class = getattr(transformers, kind.model_class)
+        image_only = config.model_type == kind.image_type
+        if image_only:
+            logger.warning("%s is an image-only checkpoint: the video memory modules are untrained", source)
+            config = kind.from_image_config(config)
         with quiet_load_report(source_is_image_only(source)):
-            model: Any = Sam2VideoModel.from_pretrained(source, config=config, local_files_only=True)
+            model: Any = model_class.from_pretrained(source, config=config, local_files_only=True)
+        if image_only and hasattr(model, "spatial_perceiver"):
+            _init_perceiver_latents(model.spatial_perceiver)
         weights = [p for p in source.iterdir() if p.suffix in (".safetensors", ".bin")]
         sha = sha256_of_files(weights)[:8]
         tracking = TrackingDefaults.from_config(json.loads((source / "config.json").read_text()), str(source))
-        return cls(model.to(device=dev, dtype=dt), f"sam2_video:{source.name}@{sha}", str(dev), dt, tracking)
+        return cls(model.to(device=dev, dtype=dt), f"{kind.video_type}:{source.name}@{sha}", str(dev), dt, tracking)
 
     @classmethod
     def _from_meta_checkpoint(cls, source: Path, device: str, dtype: torch.dtype) -> Sam2Video:

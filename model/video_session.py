@@ -65,7 +65,7 @@ class Sam2VideoSession:
     def __init__(
         self, video: Sam2Video, height: int, width: int, prune: bool = True, offload_state: bool = False
     ) -> None:
-        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+        import sys
 
         if height <= 0 or width <= 0:
             raise ValueError(f"Sam2VideoSession size must be positive, got {height}x{width}")
@@ -74,7 +74,12 @@ class Sam2VideoSession:
         self.height, self.width = height, width
         self.prune_enabled = prune
         self.frame_idx = -1
-        self.session = Sam2VideoInferenceSession(
+        # the family's own session class, beside its model (Sam2VideoInferenceSession, EdgeTamVideoInferenceSession)
+        model_cls = type(video.model)
+        session_cls = getattr(
+            sys.modules[model_cls.__module__], model_cls.__name__.replace("Model", "InferenceSession")
+        )
+        self.session = session_cls(
             video_height=height,
             video_width=width,
             inference_device=video.device,
@@ -198,14 +203,7 @@ class Sam2VideoSession:
             score_logits.append(out["object_score_logits"])
             results[session.obj_idx_to_id(obj_idx)] = self._to_object_frame(out, iou)
         if objs and model.num_maskmem > 0:
-            model._batch_encode_memories(
-                inference_session=session,
-                frame_idx=t,
-                objects_needing_memory_encoding=objs,
-                high_res_masks_for_memory=high_res,
-                object_score_logits_for_memory=score_logits,
-                is_mask_from_pts_per_obj=[inputs is not None] * len(objs),
-            )
+            self._encode_memories(objs, high_res, score_logits, from_prompt=inputs is not None)
         if self.prune_enabled:
             for obj_idx in objs:  # high-res logits are only needed for the memory encoding just done
                 for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
@@ -213,6 +211,37 @@ class Sam2VideoSession:
                     if stored is not None:
                         stored.pop("high_res_masks", None)
         return results
+
+    def _encode_memories(
+        self, objs: list[int], high_res: list[torch.Tensor], score_logits: list[torch.Tensor], from_prompt: bool
+    ) -> None:
+        """Encode frame ``frame_idx``'s memory of each object: batched where the model can (SAM 2), else object by
+        object (EdgeTAM, whose perceiver-resampled memories the batched path cannot split), as its own
+        ``_run_single_frame_inference`` does."""
+        model, session, t = self.model, self.session, self.frame_idx
+        if hasattr(model, "_batch_encode_memories"):
+            model._batch_encode_memories(
+                inference_session=session,
+                frame_idx=t,
+                objects_needing_memory_encoding=objs,
+                high_res_masks_for_memory=high_res,
+                object_score_logits_for_memory=score_logits,
+                is_mask_from_pts_per_obj=[from_prompt] * len(objs),
+            )
+            return
+        feats, _ = model._prepare_vision_features(session, t, 1)
+        for obj_idx, masks, logits in zip(objs, high_res, score_logits, strict=True):
+            features, pos_enc = model._encode_new_memory(
+                current_vision_feats=feats[-1],
+                pred_masks_high_res=masks,
+                object_score_logits=logits,
+                is_mask_from_pts=from_prompt,
+            )
+            per_obj = session.output_dict_per_obj[obj_idx]
+            key = "cond_frame_outputs" if t in per_obj["cond_frame_outputs"] else "non_cond_frame_outputs"
+            if t in per_obj[key]:
+                per_obj[key][t]["maskmem_features"] = features
+                per_obj[key][t]["maskmem_pos_enc"] = pos_enc
 
     def _infer(self, obj_idx: int, t: int, given: _Input | None) -> tuple[dict[str, Any], float]:
         """One object on frame ``t`` (mirrors ``Sam2VideoModel._run_single_frame_inference``, plus the IoU)."""

@@ -15,13 +15,17 @@ PY=${PYTHON:-python3}
 # ~3 min and ~5.5 GB (a CUDA build that also runs on the CPU). The project's own venv is not touched.
 if [[ "${1:-}" == "--reference" ]]; then
   # timm + transformers too: EdgeTAM's image encoder is a timm RepViT, and timm needs a torchvision that loads, so
-  # maskloop's EdgeTAM tests (tests/model/test_edgetam.py) run in this venv as well (tests/reference runs them).
+  # maskloop's EdgeTAM tests run in this venv as well (tests/reference runs them): the model tests with the pins
+  # below, and the end-to-end flow tests (S3 -> EdgeTAM -> Label Studio) with maskloop itself installed here (~1 min).
   REF_SPEC=(${MASKLOOP_REFERENCE_SPEC:-torch==2.14.1 torchvision==0.29.1 sam2==1.1.0 timm==1.0.31 transformers==5.23.0
     numpy==2.2.6 pillow==13.0.0 av==18.1.0 pytest==9.2.0 pycocotools==2.0.11 scipy==1.17.1})
   if ! .venv-ref/bin/python -c "import sam2, torchvision, timm, transformers, av, pytest, pycocotools, scipy" 2>/dev/null; then
     [[ -x .venv-ref/bin/python ]] || "$PY" -m venv .venv-ref
     .venv-ref/bin/python -m pip install -q --upgrade pip
     .venv-ref/bin/python -m pip install -q "${REF_SPEC[@]}"
+  fi
+  if ! .venv-ref/bin/python -c "import prefect, moto, flows.cli" 2>/dev/null; then
+    .venv-ref/bin/python -m pip install -q -e ".[dev]"
   fi
   echo "setup: reference venv ready (.venv-ref); run: .venv/bin/python -m pytest tests/reference -q"
   exit 0

@@ -11,6 +11,11 @@ regions into instance records; this module decides what is new, stores it and me
   and counted.
 * Every accepted image annotation is compared to the task's prediction (the project's model version) and one
   :class:`~storage.catalog.AgreementRow` is written per predicted and per human-added instance.
+* Videos reach people in two views: the video task (``<name> (videos)``, ``videorectangle`` boxes) and the key-frame
+  image tasks (``<name> (video frames)``, brush masks; their catalog task rows are the video asset at the key
+  frame's ``frame_index``). Harvesting the videos project harvests its frames project too (``report.frames``);
+  both views' records keep their track id (``track_id``), which the version merges into one set of tracks
+  (:mod:`storage.formats.video_tracks_merge`).
 """
 
 from __future__ import annotations
@@ -30,14 +35,21 @@ from sqlalchemy.orm import Session
 from storage.agreement import match_instances, strategy_of
 from storage.annotation.errors import AnnotationError, ProjectNotFoundError
 from storage.annotation.items import ChangedAnnotation, ChangedTask, MediaSize
-from storage.annotation.projects import find_project
+from storage.annotation.projects import VIDEOS_SUFFIX, find_project, job_project, view_project
 from storage.annotation.protocol import AnnotationBackend
 from storage.catalog import AgreementRow, Annotation, AnnotationProject, AnnotationTask, Asset, Catalog, Prediction
 
 logger = logging.getLogger(__name__)
 
 CURSOR_MARGIN = timedelta(seconds=60)  # clock skew between us and the backend; overlap is harmless (idempotent)
-__all__ = ["AnnotationError", "HarvestReport", "ProjectNotFoundError", "content_hash", "harvest"]
+__all__ = [
+    "AnnotationError",
+    "HarvestReport",
+    "ProjectNotFoundError",
+    "content_hash",
+    "frames_project_of",
+    "harvest",
+]
 
 
 @dataclass
@@ -54,6 +66,13 @@ class HarvestReport:
     agreement_rows: int = 0
     pages: int = 0
     cursor: datetime | None = None
+    frames: HarvestReport | None = None  # the video project's key-frame project, harvested with it
+
+    def total(self, name: str) -> int:
+        """An integer count of this report plus its frames project's."""
+        own = getattr(self, name)
+        count = len(own) if isinstance(own, (dict, list)) else int(own)
+        return count + (self.frames.total(name) if self.frames is not None else 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,17 +88,22 @@ class HarvestReport:
             "agreement_rows": self.agreement_rows,
             "pages": self.pages,
             "cursor": self.cursor.isoformat() if self.cursor else None,
+            **({"frames": self.frames.to_json()} if self.frames is not None else {}),
         }
 
 
 def content_hash(frame_index: int, records: Sequence[Mapping[str, Any]]) -> str:
-    """sha256 of the canonical form of an annotation's instances (labels + masks/boxes; ids and order ignored)."""
-    canon = []
+    """sha256 of the canonical form of an annotation's instances (labels + masks/boxes, and the track id of a video
+    region; region ids and order ignored)."""
+    canon: list[list[Any]] = []
     for r in records:
         if "rle" in r:
-            canon.append([r["label"], "rle", r["rle"]["size"], r["rle"]["counts"]])
+            entry = [r["label"], "rle", r["rle"]["size"], r["rle"]["counts"]]
         else:
-            canon.append([r["label"], "boxes", [[int(b[0])] + [round(float(v), 3) for v in b[1:]] for b in r["boxes"]]])
+            entry = [r["label"], "boxes", [[int(b[0])] + [round(float(v), 3) for v in b[1:]] for b in r["boxes"]]]
+        if r.get("track_id") is not None:  # only video regions have one: image hashes stay what they were
+            entry.append(["track", int(r["track_id"])])
+        canon.append(entry)
     canon.sort(key=lambda c: json.dumps(c, sort_keys=True))
     blob = json.dumps({"frame_index": int(frame_index), "instances": canon}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -110,6 +134,8 @@ def harvest(
     catalog.
 
     ``s3`` (a boto3 client) checks that each annotated task's asset still exists; ``full`` ignores the cursor.
+    A video project's key-frame project (:func:`frames_project_of`), when the catalog has one, is harvested after
+    it with the same arguments; its report is ``report.frames``.
     """
     row = (
         project
@@ -132,7 +158,26 @@ def harvest(
             stored.harvested_until = started
         report.cursor = stored.harvested_until
     logger.info("harvested %s: %s", row.name, report.to_json())
+    frames = frames_project_of(catalog, row)
+    if frames is not None:
+        report.frames = harvest(backend, catalog, frames, s3=s3, page_size=page_size, full=full)
     return report
+
+
+def frames_project_of(catalog: Catalog, project: AnnotationProject) -> AnnotationProject | None:
+    """The key-frame image project of video project ``project`` (``<name> (video frames)`` next to
+    ``<name> (videos)`` on the same backend server), None when it is not a video project or has none."""
+    if project.media_kind != "video" or not project.name.endswith(VIDEOS_SUFFIX):
+        return None
+    name = view_project(job_project(project.name), "frames")
+    with catalog.session() as session:
+        return session.scalar(
+            select(AnnotationProject).where(
+                AnnotationProject.backend == project.backend,
+                AnnotationProject.backend_url == project.backend_url,
+                AnnotationProject.name == name,
+            )
+        )
 
 
 def _aware(value: datetime) -> datetime:
@@ -244,6 +289,8 @@ def _record_agreement(
         return 0
     h, w = int(asset.height or 0), int(asset.width or 0)
     preds, humans = prediction.instances or [], annotation.instances or []
+    if not isinstance(preds, list) or any("rle" not in r for r in preds):
+        return 0  # a video's tracks, not one image's masks
     pred_masks = rles_to_masks([r["rle"] for r in preds]) if preds else np.zeros((0, h, w), bool)
     human_masks = rles_to_masks([r["rle"] for r in humans]) if humans else np.zeros((0, h, w), bool)
     outcomes = match_instances(pred_masks, [r["label"] for r in preds], human_masks, [r["label"] for r in humans])

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from storage.leases import LeaseConfig
 
-MAX_PROJECT_NAME = 41  # Label Studio caps project titles at 50 characters; we append " (images)" / " (videos)"
+# Label Studio caps project titles at 50 characters; we append " (images)", " (videos)" or " (video frames)"
+MAX_PROJECT_NAME = 35
 StrategyParam = bool | int | float | str | None
 
 
@@ -44,6 +45,13 @@ class PrelabelParams(BaseModel):
     )
     key_frame_interval: int = Field(default=30, ge=1, description="re-propose objects every this many sampled frames")
     video_max_frames: int | None = Field(default=None, ge=1, description="track at most this many frames")
+    video_frame_tasks_every: int = Field(
+        default=10,
+        ge=0,
+        description="also import every k-th tracked frame of a video (and each frame where a track starts, ends or "
+        "re-appears) as an image task with brush masks into '<project> (video frames)'; 0: no frame tasks",
+        json_schema_extra=_cli("--video-frame-tasks"),
+    )
     strategy_params: dict[str, StrategyParam] = Field(
         default_factory=dict,
         description="strategy parameter NAME=VALUE (e.g. points_per_side=16)",
@@ -66,7 +74,7 @@ class PrelabelParams(BaseModel):
     def _project_name(cls, value: str) -> str:
         if not value or len(value) > MAX_PROJECT_NAME:
             raise ValueError(
-                f"project must be 1..{MAX_PROJECT_NAME} characters (Label Studio titles are <= 50 with ' (images)'), "
+                f"project must be 1..{MAX_PROJECT_NAME} characters (Label Studio titles are <= 50 with ' (video frames)'), "
                 f"got {value!r}"
             )
         return value

@@ -33,6 +33,7 @@ MediaType = Literal["image", "video"]
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+MASKLOOP_KEY_PREFIX = ".maskloop/"  # objects maskloop writes into a source bucket (key-frame JPEGs): never media
 _SINGLE_GET_MAX = 32 * 1024 * 1024
 _RETRYABLE_CODES = frozenset(
     {"500", "502", "503", "504", "SlowDown", "RequestTimeout", "InternalError", "ThrottlingException"}
@@ -134,7 +135,10 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def media_type_of(key: str) -> MediaType | None:
-    """ "image" or "video" by file extension (case-insensitive), None for anything else."""
+    """ "image" or "video" by file extension (case-insensitive), None for anything else and for what maskloop wrote
+    itself (keys under :data:`MASKLOOP_KEY_PREFIX`: the S3 poller and discovery never take its key frames as media)."""
+    if key.startswith(MASKLOOP_KEY_PREFIX):
+        return None
     suffix = os.path.splitext(key)[1].lower()
     if suffix in IMAGE_EXTENSIONS:
         return "image"
@@ -151,7 +155,8 @@ def list_objects(
     *,
     sniff: Callable[[str, str, int], MediaType | None] | None = None,
 ) -> Iterator[S3Object]:
-    """All media objects under ``prefix`` (every page of ListObjectsV2), skipping folders and other file types.
+    """All media objects under ``prefix`` (every page of ListObjectsV2), skipping folders, other file types and
+    what maskloop wrote itself (keys under :data:`MASKLOOP_KEY_PREFIX`).
 
     A key without a media extension is skipped, or, with ``sniff``, kept when ``sniff(key, etag, size)`` finds
     media in its content (see :func:`head_bytes` and :mod:`storage.sniff`)."""
@@ -164,7 +169,7 @@ def list_objects(
         page = _listed_page(client, args)
         for item in page.get("Contents", []):
             key = item["Key"]
-            if key.endswith("/"):
+            if key.endswith("/") or key.startswith(MASKLOOP_KEY_PREFIX):
                 continue
             kind = media_type_of(key)
             if kind is None and sniff is not None:
@@ -329,6 +334,16 @@ def download_many(
 def presigned_get_url(client: Any, bucket: str, key: str, ttl_s: int = 7 * 24 * 3600) -> str:
     """A presigned GET URL (SigV4 allows at most 7 days)."""
     return str(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_s))
+
+
+def put_bytes(client: Any, bucket: str, key: str, body: bytes, content_type: str) -> None:
+    """Write one small object (one PUT, retried within the client's policy; writing the same bytes again is a
+    no-op for readers, so callers may rerun it)."""
+
+    def put() -> None:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+    with_retries(put, f"write s3://{bucket}/{key}", client)
 
 
 def ensure_bucket(client: Any, bucket: str) -> None:

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         default=60.0, gt=0.0, le=3600.0, description="A stalled S3 response fails (and is retried) after this long"
     )
     presign_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+    frames_prefix: str = Field(
+        default=".maskloop/frames",
+        description="Key prefix, in each video's own bucket, of the key-frame JPEGs that the '(video frames)' "
+        "Label Studio project shows (<prefix>/<video sha256>/<frame:06d>.jpg); discovery never lists keys under "
+        "'.maskloop/'",
+    )
 
     # SQL catalog
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file under data_dir")
@@ -100,6 +106,17 @@ class Settings(BaseSettings):
         description="How long the pre-label flow's I/O calls may wait, in all, for the helper process to start "
         "(~1 s). 0 never waits: calls run in the flow's threads until it is ready, which suits short runs.",
     )
+
+    @field_validator("frames_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        prefix = value.strip("/")
+        if not prefix or any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ValueError(f"frames_prefix must be an S3 key prefix like '.maskloop/frames', got {value!r}")
+        if not prefix.startswith(".maskloop/"):
+            # discovery, the poller and upload events skip '.maskloop/': frames elsewhere would come back as images
+            raise ValueError(f"frames_prefix must be under '.maskloop/' (discovery skips it), got {value!r}")
+        return prefix
 
     @field_validator("data_dir")
     @classmethod

@@ -30,7 +30,8 @@ def export_version(
     ``COCODetectionDataset``) open with only the directory given: ``labels.json`` (the frozen COCO; each image's
     ``file_name`` is ``<asset id>_<object basename>`` relative to ``data/``, its S3 URI, sha256 and asset id in
     ``maskloop_s3_uri``, ``maskloop_sha256``, ``maskloop_asset_id``); ``yolo-seg`` is
-    :mod:`storage.formats.yolo_seg`. Every format gets ``manifest.json`` (the frozen manifest, each item with its
+    :mod:`storage.formats.yolo_seg`; ``youtube-vis`` (videos only: the merged tracks, per-frame RLE masks or
+    box-only frames, track ids) is :mod:`storage.formats.youtube_vis`. Every format gets ``manifest.json`` (the frozen manifest, each item with its
     ``file_name`` and ``asset_id``). ``images`` also downloads the image assets to ``<images dir>/<file_name>``
     (the format names the folder) and checks them against the version's sha256; video frames are not written.
     Returns what was written."""

@@ -7,6 +7,11 @@ is committed (one transaction with its items); if the row is never committed the
 (:func:`gc_orphans` sweeps what a crash left). Version rows are never updated; the unique (dataset, number)
 constraint makes concurrent creation safe: the loser retries with the next number, or returns the winner's
 version when it froze the same data.
+
+A video project's version also freezes its key-frame project (``<name> (video frames)``,
+:func:`storage.harvest.frames_project_of`): each video asset's video-task boxes and key-frame masks become one set
+of tracks (:func:`storage.formats.video_tracks_merge.merge_video_views`), which the COCO export holds per source
+frame (corrected masks, else box-only instances, with ``maskloop_track_id``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from storage.catalog import (
     DatasetVersionItem,
 )
 from storage.formats.coco import CocoSource, build_coco, validate_coco
+from storage.formats.video_tracks_merge import coco_records, merge_video_views
+from storage.harvest import frames_project_of
 from storage.version_reads import find_by_manifest, item_key
 
 logger = logging.getLogger(__name__)
@@ -57,7 +64,7 @@ def counts_of(sources: Sequence[CocoSource]) -> dict[str, Any]:
     for s in sources:
         per_class.update(r["label"] for r in s.records)
         if s.media_type == "video":
-            frames += len({int(b[0]) for r in s.records for b in r["boxes"]})
+            frames += len({int(b[0]) for r in s.records for b in r["boxes"]} | {int(f) for f in s.frames})
     return {
         "images": sum(1 for s in sources if s.media_type == "image"),
         "videos": len({s.asset_id for s in sources if s.media_type == "video"}),
@@ -151,6 +158,63 @@ def _current_items(
     return out, skipped
 
 
+def _project_framerate(project: AnnotationProject) -> float | None:
+    """The frame rate a video project counts its frames in (Label Studio's ``<Video framerate>``), else None."""
+    if project.media_kind != "video" or project.backend != "label-studio":
+        return None
+    from storage.labelstudio.config import LabelConfig
+
+    rates = list(LabelConfig.parse(project.label_config).framerates.values())
+    return rates[0] if rates else None
+
+
+def coco_sources(
+    items: Sequence[tuple[Asset, AnnotationTask, Annotation]], *, project_fps: float | None = None
+) -> list[CocoSource]:
+    """The COCO sources of a version's items: one per image, one per video asset with its video task's and key-frame
+    tasks' records merged into tracks (``project_fps``: the rate the video task's frames count in)."""
+    sources: list[CocoSource] = []
+    videos: dict[int, tuple[Asset, list[Any], dict[int, list[Any]]]] = {}
+    for a, t, ann in items:
+        if a.media_type != "video":
+            sources.append(
+                CocoSource(
+                    a.id,
+                    item_key(a, t.frame_index),
+                    int(a.width or 0),
+                    int(a.height or 0),
+                    t.frame_index,
+                    a.media_type,
+                    ann.instances,
+                )
+            )
+            continue
+        _, video_records, frame_records = videos.setdefault(a.id, (a, [], {}))
+        if t.frame_index < 0:
+            video_records.extend(ann.instances or [])
+        else:
+            frame_records[t.frame_index] = list(ann.instances or [])
+    for asset, video_records, frame_records in videos.values():
+        try:
+            merged = merge_video_views(
+                video_records,
+                frame_records,
+                height=int(asset.height or 0),
+                width=int(asset.width or 0),
+                source_fps=asset.fps,
+                project_fps=project_fps,
+                source_frames=asset.frames,
+            )
+        except ValueError as exc:
+            raise ValueError(f"video {asset.uri}: {exc}") from exc
+        sources.append(
+            CocoSource(
+                asset.id, asset.uri, merged.width, merged.height, -1, "video", coco_records(merged), merged.frames
+            )
+        )
+    return sources
+
+
 def create_version(
     catalog: Catalog,
     s3: Any,
@@ -164,10 +228,17 @@ def create_version(
     """Freeze ``project``'s accepted annotations as the next version of ``dataset`` (default: the project name).
 
     ``dest`` is ``s3://bucket/prefix`` for the COCO export and manifest. Unchanged data returns the existing version.
+    A video project's key-frame project is frozen with it (one set of tracks per video, see the module).
     """
     dataset = dataset or project.name
     bucket, prefix = _parse_dest(dest)
+    frames_project = frames_project_of(catalog, project)
     items, skipped = _current_items(catalog, project)
+    classes = list(project.classes)
+    if frames_project is not None:
+        frame_items, frame_skipped = _current_items(catalog, frames_project)
+        items, skipped = items + frame_items, {**skipped, **frame_skipped}
+        classes += [c for c in frames_project.classes if c not in classes]
     if not items:
         raise ValueError(f"project {project.name!r} has no accepted annotations to freeze (skipped: {len(skipped)})")
     pairs = [(a.sha256 or "", ann.content_hash) for a, _, ann in items]
@@ -176,21 +247,8 @@ def create_version(
     if existing is not None:
         return CreateResult(existing, False, skipped)
 
-    sources = [
-        CocoSource(
-            a.id,
-            item_key(a, t.frame_index),
-            int(a.width or 0),
-            int(a.height or 0),
-            t.frame_index,
-            a.media_type,
-            ann.instances,
-        )
-        for a, t, ann in items
-    ]
-    coco = build_coco(
-        sources, list(project.classes), polygons=polygons, info={"dataset": dataset, "manifest_hash": digest}
-    )
+    sources = coco_sources(items, project_fps=_project_framerate(project))
+    coco = build_coco(sources, classes, polygons=polygons, info={"dataset": dataset, "manifest_hash": digest})
     validate_coco(coco)
     counts = counts_of(sources)
     ann_ids = [ann.id for _, _, ann in items]
@@ -223,6 +281,7 @@ def create_version(
             "backend": project.backend,
             "backend_url": project.backend_url,
             "external_project_id": project.external_project_id,
+            **({"frames_project": frames_project.name} if frames_project is not None else {}),
         },
         "items": sorted(
             (

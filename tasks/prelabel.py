@@ -146,6 +146,11 @@ def import_batch(
 ) -> StageReport:
     report = _timed(_in(io), imports.import_predictions, services, run_id, asset_ids, params, model_version)
     get_run_logger().info(
-        "imported %d assets into Label Studio (%d new tasks) in %.2fs", len(report.ok), report.instances, report.seconds
+        "imported %d assets into Label Studio (%d new tasks, %d video key-frame tasks, %d failed) in %.2fs",
+        len(report.ok),
+        report.instances,
+        report.frame_tasks,
+        len(report.failed),
+        report.seconds,
     )
     return report

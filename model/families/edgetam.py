@@ -21,6 +21,12 @@ def _architecture(size: str = "default") -> Any:
     return edgetam_architecture_config()
 
 
+def _load_video(source: str | os.PathLike[str], device: Any = None) -> Any:
+    from model.video_model import Sam2Video
+
+    return Sam2Video.from_pretrained(os.fspath(source), device=device)
+
+
 SPEC = FamilySpec(
     name="edgetam",
     title="EdgeTAM",
@@ -38,4 +44,5 @@ SPEC = FamilySpec(
     requires=("timm",),
     architecture_config=_architecture,
     sizes=("default",),
+    load_video=_load_video,
 )

@@ -20,6 +20,12 @@ def _architecture(size: str) -> Any:
     return sam2_architecture_config(size)
 
 
+def _load_video(source: str | os.PathLike[str], device: Any = None) -> Any:
+    from model.video_model import Sam2Video
+
+    return Sam2Video.from_pretrained(os.fspath(source), device=device)
+
+
 SPEC = FamilySpec(
     name="sam2",
     title="SAM 2",
@@ -41,4 +47,5 @@ SPEC = FamilySpec(
     meta_checkpoint=True,
     architecture_config=_architecture,
     sizes=("tiny", "small", "base-plus", "large"),
+    load_video=_load_video,
 )

@@ -21,6 +21,12 @@ def _architecture(size: str = "default") -> Any:
     return sam3_architecture_config()
 
 
+def _load_video(source: str | os.PathLike[str], device: Any = None) -> Any:
+    from model.concept_video import ConceptVideo
+
+    return ConceptVideo.from_pretrained(os.fspath(source), device=device)
+
+
 SPEC = FamilySpec(
     name="sam3",
     title="SAM 3",
@@ -37,4 +43,5 @@ SPEC = FamilySpec(
     load=_load,
     architecture_config=_architecture,
     sizes=("default",),
+    load_video=_load_video,
 )

@@ -27,6 +27,7 @@ class FamilySpec:
     ``requires``: import names beyond maskloop's own dependencies (``timm`` for EdgeTAM's RepViT encoder).
     ``meta_checkpoint``: maskloop converts Meta's ``.pt`` of this family (architecture from the file name).
     ``architecture_config``: the released architecture (random weights) by size, for ``.pt`` files and benchmarks.
+    ``load_video``: ``(source, device) -> video model`` for :func:`model.tracker.track_video`; None: no video.
     """
 
     name: str
@@ -43,6 +44,7 @@ class FamilySpec:
     meta_checkpoint: bool = False
     architecture_config: Callable[[str], Any] | None = None
     sizes: tuple[str, ...] = ()
+    load_video: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         unknown = self.supports - CAPABILITIES

@@ -45,7 +45,9 @@ class ImportItem:
     projects), :class:`VideoTracks`
     (video projects) or results already in the backend's own format (any project). ``task_score`` is the
     uncertainty used for active learning (low scores are reviewed first); ``frame_index`` -1 means the whole
-    asset."""
+    asset, another value one frame of a video (its source index). ``extra_data``: more fields for the task's data
+    (JSON scalars, e.g. a video frame's ``maskloop_time_s``); the backend's own keys (media URL, asset, frame,
+    model version) take precedence over them."""
 
     asset_id: int
     media_url: str
@@ -53,6 +55,7 @@ class ImportItem:
     model_version: str
     task_score: float | None = None
     frame_index: int = -1
+    extra_data: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.media_url:
@@ -61,6 +64,14 @@ class ImportItem:
             raise ValueError(f"ImportItem for asset {self.asset_id}: model_version must be non-empty")
         if self.frame_index < -1:
             raise ValueError(f"ImportItem for asset {self.asset_id}: frame_index must be >= -1, got {self.frame_index}")
+        for name, value in self.extra_data.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"ImportItem for asset {self.asset_id}: extra_data keys must be non-empty strings")
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                raise ValueError(
+                    f"ImportItem for asset {self.asset_id}: extra_data[{name!r}] must be a JSON scalar, "
+                    f"got {type(value).__name__}"
+                )
 
     @property
     def key(self) -> tuple[int, int]:

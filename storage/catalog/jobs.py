@@ -121,11 +121,10 @@ def open_job(catalog: Catalog, spec: JobSpec, source: str) -> int:
 
 def project_model(catalog: Catalog, project: str) -> str | None:
     """The model that last pre-labelled ``project`` (a job's project, or its annotation project ``<project>
-    (images)`` / ``(videos)``), as it was asked for (hub id, directory or .pt); None when no job targeted it."""
-    names = {project}
-    for suffix in (" (images)", " (videos)"):
-        if project.endswith(suffix):
-            names.add(project[: -len(suffix)])
+    (images)`` / ``(videos)`` / ``(video frames)``), as it was asked for (hub id, directory or .pt); None when no job targeted it."""
+    from storage.annotation.projects import job_project
+
+    names = {project, job_project(project)}
     with catalog.session() as session:
         uri = session.scalar(
             select(PrelabelJob.model_uri)

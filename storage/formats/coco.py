@@ -1,8 +1,10 @@
 """COCO instance-segmentation export of a dataset version, validated by loading it with pycocotools.
 
 Image annotations carry their masks as compressed RLE (or polygons on request, exact with
-:func:`model.masks.mask_to_polygons`); video annotations become one COCO image per annotated frame with box-only
-instances (the box as a 4-point polygon, ``maskloop_box_only`` set), since Label Studio video tracks are boxes.
+:func:`model.masks.mask_to_polygons`); video annotations become one COCO image per annotated frame
+(``maskloop_frame_index``): an instance with a corrected mask (from a key-frame task) carries it like an image's,
+one known only as a Label Studio video box is box-only (the box as a 4-point polygon, ``maskloop_box_only`` set);
+merged tracks (:mod:`storage.formats.video_tracks_merge`) put their id in ``maskloop_track_id``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CocoSource:
-    """One dataset item: an image asset (``frame_index`` -1) or a video asset, and its human instance records."""
+    """One dataset item: an image asset (``frame_index`` -1) or a video asset, and its human instance records.
+
+    A video's records have ``boxes`` rows ``[frame, x1, y1, x2, y2]``, and, from a merge, ``track_id`` and
+    ``masks`` (frame -> RLE, the corrected masks); ``frames`` are video frames to list even without an instance.
+    """
 
     asset_id: int
     file_name: str
@@ -35,6 +41,7 @@ class CocoSource:
     frame_index: int
     media_type: str
     records: Sequence[Mapping[str, Any]]
+    frames: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:
@@ -95,11 +102,13 @@ def build_coco(
                 entry["bbox"] = _bbox_xywh(r["box"])
                 annotations.append(entry)
             continue
-        frames: dict[int, list[tuple[str, list[float]]]] = {}
+        frames: dict[int, list[tuple[str, list[float], Any, Any]]] = {int(f): [] for f in source.frames}
         for r in source.records:
+            masks = r.get("masks") or {}
             for frame, *box in r["boxes"]:
-                if box[2] > box[0] and box[3] > box[1]:  # a box squeezed to nothing at the border is no instance
-                    frames.setdefault(int(frame), []).append((r["label"], box))
+                rle = masks.get(int(frame))
+                if rle is not None or (box[2] > box[0] and box[3] > box[1]):  # a box squeezed to nothing is none
+                    frames.setdefault(int(frame), []).append((r["label"], box, rle, r.get("track_id")))
         for frame in sorted(frames):
             image_id = len(images) + 1
             images.append(
@@ -110,19 +119,31 @@ def build_coco(
                     **base,
                 }
             )
-            for label, (x1, y1, x2, y2) in frames[frame]:
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": category(label, source),
-                        "iscrowd": 0,
-                        "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
-                        "area": float((x2 - x1) * (y2 - y1)),
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "maskloop_box_only": True,
-                    }
-                )
+            for label, (x1, y1, x2, y2), rle, track_id in frames[frame]:
+                video_entry: dict[str, Any] = {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category(label, source),
+                    "iscrowd": 0,
+                }
+                if rle is None:
+                    video_entry.update(
+                        segmentation=[[x1, y1, x2, y1, x2, y2, x1, y2]],
+                        area=float((x2 - x1) * (y2 - y1)),
+                        bbox=[x1, y1, x2 - x1, y2 - y1],
+                        maskloop_box_only=True,
+                    )
+                else:
+                    video_entry.update(
+                        segmentation=mask_to_polygons(rle_to_mask(rle))
+                        if polygons
+                        else {"size": list(rle["size"]), "counts": rle["counts"]},
+                        area=float(rle_area(rle)),
+                        bbox=_bbox_xywh((x1, y1, x2, y2)),
+                    )
+                if track_id is not None:
+                    video_entry["maskloop_track_id"] = int(track_id)
+                annotations.append(video_entry)
     return {
         "info": dict(info or {}),
         "licenses": [],

@@ -1,5 +1,5 @@
-"""VideoTracks -> Label Studio image tasks for a video's key frames, with one brush mask per track (pure; the
-importer does not use it yet).
+"""VideoTracks -> Label Studio image tasks for a video's key frames, with one brush mask per track (pure; the import
+stage uses it through :mod:`storage.prelabel.frames`, which writes the frames' JPEGs and imports the tasks).
 
 Open-source Label Studio has no video masks, so the masks a video was tracked with reach a person as image tasks of
 the video's key frames: every ``every``-th sampled frame plus every frame where a track starts, ends or re-appears.

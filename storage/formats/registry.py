@@ -7,13 +7,16 @@ one line in :data:`EXPORTERS`; the CLI's ``--format`` choices come from this tab
 from __future__ import annotations
 
 from model.errors import MaskloopError
-from storage.formats import coco, yolo_seg
+from storage.formats import coco, yolo_seg, youtube_vis
 from storage.formats.export_layout import DATA_DIR, LABELS_FILE
 from storage.formats.exporter import Exporter
 
 EXPORTERS: dict[str, Exporter] = {
     "coco": Exporter(coco.write_coco, labels=LABELS_FILE, images_dir=DATA_DIR),
     "yolo-seg": Exporter(yolo_seg.write_yolo_seg, labels=yolo_seg.DATA_YAML, images_dir=yolo_seg.IMAGES_DIR),
+    "youtube-vis": Exporter(
+        youtube_vis.write_youtube_vis, labels=youtube_vis.YTVIS_FILE, images_dir=youtube_vis.FRAMES_DIR
+    ),
 }
 
 

@@ -7,11 +7,17 @@ into maskloop's instance records (pure converters).
   (``videorectangle`` keyframes) are interpolated to per-frame boxes. Labels not in the config and shapes that do
   not fit the image raise :class:`~storage.annotation.errors.AnnotationError` naming the region; empty brush
   regions are dropped and counted.
+* Track identity (videos): a ``videorectangle`` region's record and a key-frame task's brush region's record carry
+  ``track_id``, read from the region's ``meta.track_id`` or else its id (``track-<id>`` for the video task,
+  ``track-<id>-f<frame>`` for a key-frame task, :mod:`storage.formats.ls_video` / :mod:`storage.formats.ls_frames`);
+  a region a person added has neither, and its record has no ``track_id`` (the version's merge numbers it,
+  :mod:`storage.formats.video_tracks_merge`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +32,21 @@ from storage.labelstudio.convert import BRUSH, POLYGON, RECTANGLE, result_to_mas
 
 LS_DATETIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # Label Studio's data manager filter format (UTC)
 _IMAGE_TYPES = (BRUSH, POLYGON, RECTANGLE)
+_TRACK_REGION_ID = re.compile(r"^track-(\d+)(?:-f\d+)?$")
+
+
+def track_id_of(result: Mapping[str, Any]) -> int | None:
+    """The track a region belongs to: ``meta.track_id`` (an integer >= 0), else the number in a region id
+    ``track-<id>`` or ``track-<id>-f<frame>``; None for a region without one (drawn by a person)."""
+    meta = result.get("meta")
+    if isinstance(meta, Mapping):
+        value = meta.get("track_id")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+    found = _TRACK_REGION_ID.match(str(result.get("id", "")))
+    return int(found.group(1)) if found else None
 
 
 # -- pure converters ---------------------------------------------------------------------------------------------
@@ -94,9 +115,16 @@ def image_records(
             empty += 1
             continue
         box = masks_to_boxes(mask[None])[0]
-        records.append(
-            {"region_id": str(rid), "label": label, "rle": mask_to_rle(mask), "box": [float(v) for v in box]}
-        )
+        record: dict[str, Any] = {
+            "region_id": str(rid),
+            "label": label,
+            "rle": mask_to_rle(mask),
+            "box": [float(v) for v in box],
+        }
+        track_id = track_id_of(result)
+        if track_id is not None:
+            record["track_id"] = track_id
+        records.append(record)
     return records, empty
 
 
@@ -170,7 +198,11 @@ def video_records(
             boxes = interpolate_sequence(value["sequence"], count, height, width)
         except (ValueError, KeyError, TypeError) as exc:
             raise AnnotationError(f"region {rid!r}: {exc}") from exc
-        records.append({"region_id": str(rid), "label": labels[0], "boxes": boxes})
+        record: dict[str, Any] = {"region_id": str(rid), "label": labels[0], "boxes": boxes}
+        track_id = track_id_of(result)
+        if track_id is not None:
+            record["track_id"] = track_id
+        records.append(record)
     return records
 
 

@@ -157,6 +157,7 @@ def _prediction(item: ImportItem, results: list[dict[str, Any]]) -> dict[str, An
 
 def _task_json(item: ImportItem, results: list[dict[str, Any]], data_key: str) -> bytes:
     data = {
+        **item.extra_data,
         data_key: item.media_url,
         ASSET_KEY: item.asset_id,
         FRAME_KEY: item.frame_index,

@@ -18,7 +18,7 @@ from storage.services import Services
 from storage.settings import Settings
 
 
-def _s3_object(asset: Asset) -> S3Object:
+def s3_object_of(asset: Asset) -> S3Object:
     return S3Object(asset.bucket, asset.key, asset.etag, asset.size, asset.last_modified, asset.media_type)  # type: ignore[arg-type]
 
 
@@ -33,7 +33,7 @@ def fetch(services: Services, run_id: int, asset_ids: Sequence[int]) -> StageRep
     with catalog.session() as session:
         assets = list(session.scalars(select(Asset).where(Asset.id.in_(asset_ids))))
     results = download_many(
-        services.s3, [_s3_object(a) for a in assets], settings.cache_dir, settings.s3_max_concurrency
+        services.s3, [s3_object_of(a) for a in assets], settings.cache_dir, settings.s3_max_concurrency
     )
     facts: dict[int, dict[str, Any]] = {}
     for asset, result in zip(assets, results, strict=True):

@@ -20,10 +20,23 @@ from storage.s3 import parse_s3_uri
 log = logging.getLogger(__name__)
 
 # What a pre-label run counts (``refreshed``/``kept``: existing tasks given the job's prediction / left to the person
-# who annotated them); the ``*_seconds`` (time spent in each stage's bodies) become timings when the run ends.
+# who annotated them; ``video_frames``/``frame_tasks``: tracked frames with masks / their key-frame image tasks); the
+# ``*_seconds`` (time spent in each stage's bodies) become timings when the run ends.
 STAGE_SECONDS = ("fetch_seconds", "model_seconds", "import_seconds")
 EMPTY_COUNTS: dict[str, float] = dict.fromkeys(
-    ("assets", "done", "failed", "instances", "skipped", "refreshed", "kept", *STAGE_SECONDS), 0
+    (
+        "assets",
+        "done",
+        "failed",
+        "instances",
+        "skipped",
+        "refreshed",
+        "kept",
+        "video_frames",
+        "frame_tasks",
+        *STAGE_SECONDS,
+    ),
+    0,
 )
 
 
@@ -36,6 +49,8 @@ class StageReport:
     instances: int = 0
     refreshed: int = 0  # import: existing tasks that got this model version's prediction
     kept: int = 0  # import: existing tasks a person already annotated, left alone
+    video_frames: int = 0  # import: tracked video frames with masks (of the videos given key-frame tasks)
+    frame_tasks: int = 0  # import: key-frame image tasks of those videos ('<project> (video frames)')
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU of the thread that ran the stage body (in the process it ran in)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.demo import DEMO_MODEL, choose_model, sample_media
+from flows.demo import DEMO_MODEL, choose_model, sample_media, video_frames_line
 from model.images import decode_image
 from model.video import probe_video
 from storage.settings import Settings
@@ -81,3 +81,34 @@ def test_demo_spec_runs_every_deployment_on_the_stacks_process_pool_and_watches_
     assert by_name["harvest"]["parameters"]["params"]["project"] == "maskloop-demo (images)"
     assert by_name["harvest"]["parameters"]["params"]["dest"].startswith(f"s3://{DEMO_BUCKET}/")
     assert [d.get("schedules") for d in spec["deployments"]] == [d.get("schedules") for d in original["deployments"]]
+
+
+def test_demo_last_line_says_how_many_video_frames_got_masks_and_where_to_correct_them() -> None:
+    url = "http://127.0.0.1:8080/projects/3/data"
+    assert video_frames_line(24, 9, url) == (
+        "video masks: 24 video frames pre-labelled, 9 key frames with brush masks (one region per track) to correct "
+        f"at {url}"
+    )
+    assert video_frames_line(0, 0, None) == (
+        "video masks: 0 video frames pre-labelled, no key-frame tasks to correct them on"
+    )
+
+
+def test_demo_finds_the_video_frames_project_page_in_the_catalog(tmp_path: Path) -> None:
+    from flows.demo import frames_project_url
+    from storage.catalog import AnnotationProject, Catalog
+
+    settings = Settings(data_dir=tmp_path)
+    assert frames_project_url(settings, "http://ls:8080", "maskloop-demo") is None
+    with Catalog(settings.resolved_database_url) as catalog, catalog.session() as session:
+        for name, external_id in (("maskloop-demo (videos)", 4), ("maskloop-demo (video frames)", 5)):
+            session.add(
+                AnnotationProject(
+                    backend_url="http://ls:8080",
+                    name=name,
+                    external_project_id=external_id,
+                    media_kind="image",
+                    label_config="<View/>",
+                )
+            )
+    assert frames_project_url(settings, "http://ls:8080/", "maskloop-demo") == "http://ls:8080/projects/5/data"

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from flows.harvest import harvest_flow
-from storage.catalog import Catalog, Run
+from storage.catalog import Catalog, DatasetVersion, Run
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.server import LabelStudioServer
 from storage.params import HarvestParams
@@ -56,3 +56,42 @@ def test_harvest_flow_harvests_and_freezes_a_version_then_reruns_as_a_no_op(
 
     with pytest.raises(ValueError, match="needs dest"):
         HarvestParams(project=project.name, create_version=True)
+
+
+def test_harvest_flow_on_a_video_project_harvests_its_key_frame_project_and_freezes_both(
+    prefect_api: str,
+    label_studio_server: LabelStudioServer,
+    ls_client: LabelStudioClient,
+    settings: Settings,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    from tests.storage.test_harvest_video_views import _setup as _setup_video
+    from tests.storage.test_harvest_video_views import _task_ids
+
+    url = f"sqlite:///{tmp_path / 'flow.sqlite'}"
+    flow_settings = Settings(
+        **{
+            **settings.model_dump(),
+            "database_url": url,
+            "label_studio_url": label_studio_server.url,
+            "label_studio_token": label_studio_server.token,
+        }
+    )
+    with Catalog(url) as catalog:
+        _, videos, frames = _setup_video(catalog, ls_client, s3, bucket)
+        video_task, frame_tasks = _task_ids(catalog, videos)[-1], _task_ids(catalog, frames)
+    ls_client.create_annotation(video_task, ls_client.list_predictions(video_task)[0]["result"])
+    for task in frame_tasks.values():
+        ls_client.create_annotation(task, ls_client.list_predictions(task)[0]["result"])
+
+    params = HarvestParams(project=videos.name, create_version=True, dest=f"s3://{bucket}/flow-videos")
+    result = harvest_flow(params, settings=flow_settings)
+    assert result.harvest.created == 1 and result.harvest.frames is not None and result.harvest.frames.created == 3
+    assert result.version is not None and result.version.created
+    with Catalog(url) as catalog, catalog.session() as session:
+        run = session.scalars(select(Run).where(Run.flow_name == "harvest")).one()
+        assert (run.status, run.counts["created"], run.counts["frames_created"]) == ("completed", 1, 3)
+        version = session.get(DatasetVersion, result.version.version_id)
+        assert version is not None and version.counts["frames"] == 10 and version.counts["videos"] == 1

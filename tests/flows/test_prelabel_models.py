@@ -101,7 +101,7 @@ def test_sam3_concept_prelabels_every_instance_of_each_class_into_label_studio(
 
 
 @pytest.mark.skipif(_timm_missing() is not None, reason=str(_timm_missing()))
-def test_edgetam_prelabels_images_into_label_studio_with_the_everything_strategy(
+def test_edgetam_prelabels_images_and_videos_into_label_studio_with_the_everything_strategy(
     prefect_api: str,
     flow_settings: Settings,
     bucket: str,
@@ -113,15 +113,16 @@ def test_edgetam_prelabels_images_into_label_studio_with_the_everything_strategy
 ) -> None:
     from tests.support.tiny_models import save_tiny_edgetam
 
-    checkpoint = save_tiny_edgetam(tmp_path / "tiny-edgetam")
-    fill_bucket(images=3, videos=0, broken=0)
+    # 64 wide: EdgeTAM's video memories are 64 channels, so the video model needs a multiple of 64
+    checkpoint = save_tiny_edgetam(tmp_path / "tiny-edgetam", hidden_size=64)
+    fill_bucket(images=3, videos=1, broken=0)
     _env(monkeypatch, flow_settings, str(flow_settings.s3_endpoint_url))
     project = f"edgetam-{bucket[-8:]}"
     loose = [arg for name, value in LOOSE.items() for arg in ("--param", f"{name}={value}")]
     run, done, assets, failed = _prelabel(
         capsys, f"s3://{bucket}/in/", "--project", project, "--model", str(checkpoint), *loose
     )
-    assert (done, assets, failed) == (3, 3, 0)
+    assert (done, assets, failed) == (4, 4, 0)
     catalog = Catalog(flow_settings.resolved_database_url)
     version = _check_lineage(catalog, run, checkpoint)
     tasks = ls_tasks(ls_client, catalog, f"{project} (images)")
@@ -129,4 +130,8 @@ def test_edgetam_prelabels_images_into_label_studio_with_the_everything_strategy
     for task in tasks:
         (prediction,) = task["predictions"]
         assert prediction["model_version"].startswith(version) and prediction["result"]
+    (video_task,) = ls_tasks(ls_client, catalog, f"{project} (videos)")  # tracked by EdgeTamVideoModel
+    (prediction,) = video_task["predictions"]
+    assert prediction["model_version"].startswith(version)
+    assert prediction["result"] and all(r["type"] == "videorectangle" for r in prediction["result"])
     catalog.dispose()

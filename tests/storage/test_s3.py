@@ -38,9 +38,11 @@ from storage.s3 import (
         ("noext", None),
         ("", None),
         (".jpg", None),
+        (".maskloop/frames/abc/000010.jpg", None),  # maskloop's own key frames are never media
+        ("in/.maskloop/x.jpg", "image"),  # only the bucket-level prefix is maskloop's
     ],
 )
-def test_media_type_is_decided_by_extension(key: str, expected: str | None) -> None:
+def test_media_type_is_decided_by_extension_and_skips_what_maskloop_wrote(key: str, expected: str | None) -> None:
     assert media_type_of(key) == expected
 
 

@@ -353,7 +353,7 @@ def tiny_edgetam_config(image_size: int = 256, hidden_size: int = 32) -> Any:
     )
 
 
-def save_tiny_edgetam(directory: str | Path, seed: int = 0, image_size: int = 256) -> Path:
+def save_tiny_edgetam(directory: str | Path, seed: int = 0, image_size: int = 256, hidden_size: int = 32) -> Path:
     """Save a seeded random ``EdgeTamModel`` (:func:`tiny_edgetam_config`) in transformers format; needs ``timm``."""
     import torch
     from transformers import EdgeTamModel
@@ -362,7 +362,7 @@ def save_tiny_edgetam(directory: str | Path, seed: int = 0, image_size: int = 25
     directory.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = EdgeTamModel(tiny_edgetam_config(image_size=image_size)).eval()
+        model = EdgeTamModel(tiny_edgetam_config(image_size=image_size, hidden_size=hidden_size)).eval()
         with torch.no_grad():
             model.shared_image_embedding.positional_embedding.copy_(
                 model.prompt_encoder.shared_embedding.positional_embedding

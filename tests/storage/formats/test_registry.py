@@ -27,7 +27,7 @@ def _coco(polygons: bool = False) -> dict:
     holed = _box(2, 10, 2, 12)
     holed[4:7, 5:9] = False
     cat_dog = Instances(masks=np.stack([holed, _box(0, 3, 13, 16)]), labels=["cat", "dog"])
-    video = [{"label": "dog", "boxes": [[3, 1.0, 2.0, 5.0, 6.0], [4, 0.0, 0.0, 0.0, 6.0]]}]  # frame 4: no box
+    video = [{"label": "dog", "track_id": 1, "boxes": [[3, 1.0, 2.0, 5.0, 6.0], [4, 0.0, 0.0, 0.0, 6.0]]}]  # 4: no box
     sources = [
         CocoSource(7, "7_a.png", W, H, -1, "image", cat_dog.to_records()),
         CocoSource(8, "8_empty.png", W, H, -1, "image", []),
