@@ -42,6 +42,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class StandInModel:
     checkpoint_sha256: str
     speed: float = math.inf
     cpu_seconds: float = 0.0
+    slept: float = 0.0
     calls: int = 0
 
     # what tasks.prelabel reads of a loaded Models
@@ -89,7 +91,9 @@ class StandInModel:
         self.cpu_seconds += time.thread_time() - start
         self.calls += 1
         if math.isfinite(self.speed):
+            start = time.perf_counter()
             time.sleep(len(batch) / self.speed)
+            self.slept += time.perf_counter() - start
         return out
 
 
@@ -166,11 +170,13 @@ def server_processes(root: int) -> dict[int, str]:
 @dataclass
 class Round:
     speed: str
+    variant: str
     images: int
     wall: float
     ratio: float
     rate: float
     cpu: dict[str, float] = field(default_factory=dict)  # per image
+    model_thread: float = 0.0  # seconds per image the model thread spent on other things than the model
 
 
 def main() -> None:
@@ -182,6 +188,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--points-per-side", type=int, default=8)
     parser.add_argument("--fixed-runs", type=int, default=3, help="one-image runs for the fixed cost per run")
+    parser.add_argument(
+        "--variants",
+        default="new",
+        help="comma list, rounds alternate (an A/B in one invocation): 'new' (the flow as it is), 'serial-imports' "
+        "(each import waits for the previous one), 'old' (that, and the model thread also waits for the COCO RLE "
+        "and catalog write of its batch: the pipeline's structure before 2026-12-06)",
+    )
+    parser.add_argument("--empty-runs", type=int, default=3, help="runs of an empty flow: Prefect's own floor")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of the one-image runs (the flow's thread)")
     parser.add_argument("--s3", choices=("seaweedfs", "moto"), default="seaweedfs")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared real-media folder")
     parser.add_argument(
@@ -194,6 +209,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     speeds = args.speeds.split(",")
+    variants = args.variants.split(",")
     paths = sorted(Path(p) for p in glob.glob(str(args.data / "coco128-seg" / "images" / "*" / "*.jpg")))[: args.unique]
     if not paths:
         parser.error(f"no photos under {args.data / 'coco128-seg'}")
@@ -222,13 +238,15 @@ def main() -> None:
     def timed(call: Any, fn: Any, *args: Any) -> Any:
         in_child = bool(getattr(getattr(call, "__self__", None), "ready", False))
         report = real_timed(call, fn, *args)
-        reports.append((fn.__module__.rsplit(".", 1)[-1], in_child, report))
+        reports.append(
+            (fn.__module__.rsplit(".", 1)[-1] + ("" if fn.__name__ != "store" else ":store"), in_child, report)
+        )
         return report
 
     tasks.prelabel._timed = timed  # type: ignore[assignment]
 
     rounds: list[Round] = []
-    fixed: list[tuple[float, float]] = []
+    fixed: list[tuple[float, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         s3_server = seaweed(tmp / "s3") if args.s3 == "seaweedfs" else moto(tmp / "s3")
@@ -253,11 +271,45 @@ def main() -> None:
             client.create_bucket(Bucket="bench")
             counter = iter(range(10**6))
 
-            def run(speed: str, n: int) -> tuple[Round, Any]:
+            import flows.prelabel
+
+            overlapped, store_thread = flows.prelabel.import_batch, flows.prelabel.store_thread
+
+            class SerialImports:  # the old chain: every import waits for the one before (wait_for the last)
+                last: Any = None
+
+                def submit(self, *args: Any, wait_for: Any = (), **kwargs: Any) -> Any:
+                    after = [SerialImports.last] if SerialImports.last is not None else list(wait_for)
+                    SerialImports.last = overlapped.submit(*args, wait_for=after, **kwargs)
+                    return SerialImports.last
+
+            from prefect import flow
+
+            @flow(name="empty")
+            def empty_flow() -> None:
+                return None
+
+            empty: list[float] = []
+            for _ in range(args.empty_runs):
+                start = time.perf_counter()
+                empty_flow()
+                empty.append(time.perf_counter() - start)
+
+            class StoreOnModelThread(ThreadPoolExecutor):  # the old predict stage: RLE, catalog rows, then the model
+                def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+                    future = super().submit(fn, *args, **kwargs)
+                    future.exception()
+                    return future
+
+            def run(speed: str, n: int, variant: str = "new") -> tuple[Round, Any]:
+                SerialImports.last = None
+                serial = variant in ("serial-imports", "old")
+                flows.prelabel.import_batch = SerialImports() if serial else overlapped  # type: ignore[assignment]
+                flows.prelabel.store_thread = (lambda: StoreOnModelThread(1)) if variant == "old" else store_thread  # type: ignore[assignment]
                 prefix = f"in{next(counter)}/"
                 for i in range(n):
                     client.put_object(Bucket="bench", Key=f"{prefix}{i:05d}.jpg", Body=blobs[i % len(blobs)])
-                stand_in.speed, stand_in.cpu_seconds = float(speed), 0.0
+                stand_in.speed, stand_in.cpu_seconds, stand_in.slept = float(speed), 0.0, 0.0
                 reports.clear()
                 servers = server_processes(os.getpid())
                 before = {pid: proc_cpu(pid) for pid in servers}
@@ -279,8 +331,12 @@ def main() -> None:
                 own = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
                 helper = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
                 cpu: dict[str, float] = defaultdict(float)
-                for stage, in_child, report in reports:
+                model_thread = -stand_in.slept
+                for stage_fn, in_child, report in reports:
+                    stage = stage_fn.split(":")[0]
                     cpu[f"{stage} stage body"] += report.cpu_seconds
+                    if stage_fn == "predict" or (stage_fn == "predict:store" and variant == "old"):
+                        model_thread += report.seconds  # the model thread ran it, or waited for it
                     if stage == "predict":
                         continue
                     if in_child:
@@ -294,33 +350,56 @@ def main() -> None:
                 for pid, name in servers.items():
                     cpu[name] += proc_cpu(pid) - before[pid]
                 rate = n / wall
-                return Round(speed, n, wall, rate / float(speed), rate, {k: v / n for k, v in cpu.items()}), result
+                per_image = {k: v / n for k, v in cpu.items()}
+                return Round(speed, variant, n, wall, rate / float(speed), rate, per_image, model_thread / n), result
 
-            for _ in range(args.fixed_runs):  # also the warm-up: Label Studio project, job, first imports
+            profiler = None
+            for k in range(args.fixed_runs):  # also the warm-up: Label Studio project, job, first imports
+                if args.profile and k == 1:  # after the first run, which creates the project and the job
+                    import cProfile
+
+                    profiler = cProfile.Profile()
+                    profiler.enable()
                 one, result = run("inf", 1)
-                fixed.append((one.wall, float(result.timings.get("seconds", math.nan))))
+                worker_cpu = sum(v for k, v in one.cpu.items() if "stage body" in k or "other threads" in k)
+                fixed.append((one.wall, float(result.timings.get("seconds", math.nan)), worker_cpu))
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
             for _ in range(args.rounds):
                 for speed in speeds:
-                    rounds.append(run(speed, args.images)[0])
-                    logging.warning("%s/s: %.1f images/s", speed, rounds[-1].rate)
+                    for variant in variants:
+                        rounds.append(run(speed, args.images, variant)[0])
+                        logging.warning("%s/s, %s: %.1f images/s", speed, variant, rounds[-1].rate)
 
     print(
         f"{args.images} images per run ({len(paths)} coco128 photos cycled, {per_photo:.0f} masks per photo from "
         f"shapes-tiny), batch {args.batch}, S3 {args.s3}; {os.cpu_count()} cores; median (range) of {args.rounds} "
         "rounds. Measured on a machine shared with other work: read medians, not single rounds."
     )
-    print("\n| stand-in images/s | end-to-end images/s | ratio to the stand-in |\n|---|---|---|")
-    for speed in speeds:
-        rs = [r for r in rounds if r.speed == speed]
-        print(f"| {speed} | {_mr([r.rate for r in rs])} | {_mr([r.ratio for r in rs], 3) if speed != 'inf' else '-'} |")
-    print(f"\nceiling (stand-in infinitely fast): {_mr([r.rate for r in rounds if r.speed == 'inf'])} images/s")
     print(
-        f"fixed cost per run (one image, infinitely fast stand-in): {_mr([w for w, _ in fixed], 2)} s wall, of which "
-        f"{_mr([s for _, s in fixed], 2)} s inside the flow body (the rest: Prefect's flow-run start and end)"
+        "\n| stand-in images/s | variant | end-to-end images/s | ratio to the stand-in | worker CPU ms per image | model thread ms per image |"
+    )
+    print("|---|---|---|---|---|---|")
+    worker = [k for k in dict.fromkeys(k for r in rounds for k in r.cpu) if "stage body" in k or "other threads" in k]
+    for speed in speeds:
+        for variant in variants:
+            rs = [r for r in rounds if r.speed == speed and r.variant == variant]
+            ratio = _mr([r.ratio for r in rs], 3) if speed != "inf" else "-"
+            cpu_ms = _mr([1000 * sum(r.cpu.get(k, 0) for k in worker) for r in rs], 1)
+            model = _mr([1000 * r.model_thread for r in rs], 1)
+            print(f"| {speed} | {variant} | {_mr([r.rate for r in rs])} | {ratio} | {cpu_ms} | {model} |")
+    for variant in variants:
+        inf = [r.rate for r in rounds if r.speed == "inf" and r.variant == variant]
+        print(f"\nceiling (stand-in infinitely fast, {variant}): {_mr(inf)} images/s")
+    print(f"Prefect's own floor (an empty flow run, same server): {_mr(empty, 2)} s")
+    print(
+        f"fixed cost per run (one image, infinitely fast stand-in): {_mr([w for w, _, _ in fixed], 2)} s wall, of which "
+        f"{_mr([s for _, s, _ in fixed], 2)} s inside the flow body (the rest: Prefect's flow-run start and end); "
+        f"worker CPU (flow + helper, servers not counted) {_mr([c for _, _, c in fixed], 2)} s per run"
     )
     names = list(dict.fromkeys(k for r in rounds for k in r.cpu))
     print("\nCPU ms per image (median over all rounds and speeds, range)\n| where | ms per image |\n|---|---|")
-    worker = [k for k in names if "stage body" in k or "other threads" in k]
     for name in names:
         print(f"| {name} | {_mr([1000 * r.cpu.get(name, 0.0) for r in rounds], 1)} |")
     print(

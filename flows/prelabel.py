@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +30,15 @@ from storage.prelabel import plan
 from storage.services import Services
 from storage.settings import Settings
 from tasks.discovery import discover_assets
-from tasks.prelabel import fetch_batch, import_batch, open_job, plan_batches, segment_batch
+from tasks.prelabel import fetch_batch, import_batch, open_job, plan_batches, segment_batch, store_predictions
 
 # Batch progress for terminals: ``maskloop prelabel`` draws a bar from these records (extra: done, total, assets).
 progress_log = logging.getLogger("maskloop.progress")
 stage_log = logging.getLogger("maskloop.stage")  # one line per stage for terminals
 PROGRESS_EVERY_S = 5.0  # the Prefect progress artifact is updated at most this often (and at the end)
+# The I/O helper process takes ~1 s of a core to start, and calls run in the flow's threads until it is ready: a run
+# of fewer batches than this (the first 1-2 run in-thread anyway) does not start it.
+IO_PROCESS_MIN_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,16 @@ def _progress_reporter(
 ) -> Callable[[int, int], None]:
     """Batch progress: the Prefect progress artifact (at most every ``PROGRESS_EVERY_S``) and a ``maskloop.progress``
     record per batch for terminals."""
-    progress = create_progress_artifact(0.0, description=f"prelabel {source}")
+    progress: Any = None  # created with the first batch's figure: one API call fewer per run
     shown = time.monotonic()
 
     def on_batch(done: int, total: int) -> None:
-        nonlocal shown
-        if done == total or time.monotonic() - shown >= PROGRESS_EVERY_S:  # an API call: not per batch
-            update_progress_artifact(progress, 100.0 * done / total)  # type: ignore[arg-type]
+        nonlocal shown, progress
+        if progress is None:
+            progress = create_progress_artifact(100.0 * done / total, description=f"prelabel {source}")
+            shown = time.monotonic()
+        elif done == total or time.monotonic() - shown >= PROGRESS_EVERY_S:  # an API call: not per batch
+            update_progress_artifact(progress, 100.0 * done / total)
             shown = time.monotonic()
         progress_log.info(
             "batch %d/%d",
@@ -141,6 +148,11 @@ def gpu_slot(gpu_limit: str | None) -> AbstractContextManager[Any]:
     return concurrency(gpu_limit, occupy=1, strict=True)
 
 
+def store_thread() -> ThreadPoolExecutor:
+    """The thread that stores each segmented batch (COCO RLE, catalog rows) while the model works on the next."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskloop-store")
+
+
 def run_batches(
     services: Services,
     run_id: int,
@@ -152,13 +164,16 @@ def run_batches(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> int:
     """The pre-label pipeline over ``batches``: batch k+1 downloads while batch k is on the model (in the flow's
-    thread, inside a ``gpu_limit`` slot when given) and batch k-1 is imported into Label Studio. The download and
-    import bodies run in an I/O helper process (``settings.io_process``) so they do not slow the model thread down.
+    thread, inside a ``gpu_limit`` slot when given; its masks are then stored in a thread) and batches k-1 and k-2
+    are imported into Label Studio. The download and import bodies run in an I/O helper process
+    (``settings.io_process``) so they do not slow the model thread down.
     ``counts`` (done, failed, instances, skipped, stage seconds) is updated as batches finish, so a crash leaves what
     was counted. Returns how many I/O calls ran in the helper process (the rest ran in threads while it started)."""
     settings = services.settings
-    with IoProcess(enabled=settings.io_process and bool(batches), wait_ready_s=settings.io_process_wait_s) as io:
+    helper = settings.io_process and len(batches) >= IO_PROCESS_MIN_BATCHES
+    with IoProcess(enabled=helper, wait_ready_s=settings.io_process_wait_s) as io, store_thread() as storer:
         fetched: dict[int, PrefectFuture[plan.StageReport]] = {}
+        stores: list[Future[plan.StageReport]] = []
         imports: list[PrefectFuture[plan.StageReport]] = []
         if batches:
             fetched[0] = fetch_batch.submit(services, run_id, batches[0], io)
@@ -174,12 +189,24 @@ def run_batches(
             counts["failed"] += len(seg.failed)
             counts["instances"] += seg.instances
             counts["skipped"] += len(seg.skipped)
+            # The masks' COCO RLE and the catalog rows in the store thread, so the model thread goes on to batch k+1;
+            # batch k-1's store ends first (at most two batches of masks in memory).
+            if stores:
+                stores[-1].result()  # a failed store (the catalog gone) fails the run here, as the model step would
+            stores.append(storer.submit(store_predictions, services, run_id, model_version, seg))
             ready = sorted([*seg.ok, *seg.skipped])
+            # The first import creates the project(s); after it, two imports overlap (one builds its payload while the
+            # other waits for Label Studio; the importer's project lock orders their posts): k waits for k-2.
+            after = imports[:1] + [f for f in imports[-2:-1] if f is not imports[0]]
             imports.append(
-                import_batch.submit(services, run_id, ready, params, model_version, io, wait_for=imports[-1:])  # type: ignore[call-overload]
+                import_batch.submit(  # type: ignore[call-overload]
+                    services, run_id, ready, params, model_version, io, stores[-1], wait_for=after
+                )
             )
             if on_batch is not None:
                 on_batch(k + 1, len(batches))
+        for stored in stores:
+            counts["model_seconds"] += stored.result().seconds
         for future in imports:
             imported = future.result()
             counts["import_seconds"] += imported.seconds

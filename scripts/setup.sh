@@ -18,8 +18,8 @@ if [[ "${1:-}" == "--reference" ]]; then
   # maskloop's EdgeTAM tests run in this venv as well (tests/reference runs them): the model tests with the pins
   # below, and the end-to-end flow tests (S3 -> EdgeTAM -> Label Studio) with maskloop itself installed here (~1 min).
   REF_SPEC=(${MASKLOOP_REFERENCE_SPEC:-torch==2.14.1 torchvision==0.29.1 sam2==1.1.0 timm==1.0.31 transformers==5.23.0
-    numpy==2.2.6 pillow==13.0.0 av==18.1.0 pytest==9.2.0 pycocotools==2.0.11 scipy==1.17.1})
-  if ! .venv-ref/bin/python -c "import sam2, torchvision, timm, transformers, av, pytest, pycocotools, scipy" 2>/dev/null; then
+    numpy==2.2.6 pillow==13.0.0 av==18.1.0 pytest==9.2.0 pycocotools==2.0.11 scipy==1.17.1 sam3==0.1.4 psutil==7.2.2})
+  if ! .venv-ref/bin/python -c "import sam2, sam3, torchvision, timm, transformers, av, pytest, pycocotools, scipy" 2>/dev/null; then
     [[ -x .venv-ref/bin/python ]] || "$PY" -m venv .venv-ref
     .venv-ref/bin/python -m pip install -q --upgrade pip
     .venv-ref/bin/python -m pip install -q "${REF_SPEC[@]}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -121,9 +122,12 @@ def fetch_batch(services: Services, run_id: int, asset_ids: list[int], io: IoPro
 @task(name="segment-batch", cache_policy=NO_CACHE)
 def segment_batch(
     services: Services, run_id: int, asset_ids: list[int], params: PrelabelParams, model_version: str
-) -> StageReport:
+) -> predict.Predicted:
+    """The model's part of a batch, in the calling (model) thread: decode and predict; nothing stored yet. Pass the
+    result to :func:`store_predictions` (another thread), so the masks' COCO RLE and the catalog write of batch k
+    run while the model works on batch k+1."""
     models = Models.load(services.settings, params.model_id, params.strategy)
-    report = _timed(_here, predict.segment, services, run_id, asset_ids, model_version, models.predictor(params))
+    report = _timed(_here, predict.predict, services, run_id, asset_ids, model_version, models.predictor(params))
     get_run_logger().info(
         "segmented %d assets -> %d instances (%d failed, %d already done) in %.2fs",
         len(report.ok),
@@ -132,7 +136,13 @@ def segment_batch(
         len(report.skipped),
         report.seconds,
     )
-    return report
+    return report  # type: ignore[return-value]
+
+
+def store_predictions(services: Services, run_id: int, model_version: str, predicted: predict.Predicted) -> StageReport:
+    """Store a segmented batch: the masks as COCO RLE in one prediction row per asset, and its failures. Not a task
+    of its own (a task run costs ~5 API calls): the flow runs it in a thread, and ``import_batch`` waits for it."""
+    return _timed(_here, predict.store, services, run_id, model_version, predicted)
 
 
 @task(name="import-batch", **_IO_RETRIES)
@@ -143,7 +153,12 @@ def import_batch(
     params: PrelabelParams,
     model_version: str,
     io: IoProcess | None = None,
+    stored: Future[StageReport] | None = None,
 ) -> StageReport:
+    """Import a batch's stored predictions (``stored``: the batch's :func:`store_predictions`, waited for first; its
+    failure fails this task, which the flow reports)."""
+    if stored is not None:
+        stored.result()
     report = _timed(_in(io), imports.import_predictions, services, run_id, asset_ids, params, model_version)
     get_run_logger().info(
         "imported %d assets into Label Studio (%d new tasks, %d video key-frame tasks, %d failed) in %.2fs",

@@ -177,14 +177,19 @@ class IoProcess:
                 future.set_result((False, (IoProcessDied(f"I/O helper process {proc.pid} exited mid-call"), ""), []))
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Close the child's stdin (it exits at EOF); kill it if it has not exited after ``timeout_s``."""
+        """Close the child's stdin (it exits at EOF); kill it if it has not exited after ``timeout_s``. A child that
+        never said it was ready ran nothing: it is killed at once, not waited for (a short run would otherwise wait
+        for its imports, ~1 s)."""
         proc, self._proc = self._proc, None
+        started = self.ready
         self._dead.set()
         if proc is None:
             return
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
+            if not started:
+                proc.kill()
             proc.wait(timeout_s)
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()

@@ -12,14 +12,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
+import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from model.instances import Instances
 from model.tracks import VideoTracks
@@ -36,6 +41,21 @@ DEFAULT_MAX_BATCH_BYTES = 48 * 2**20  # Label Studio fails a POST over ~250 MiB 
 DEFAULT_MAX_BATCH_TASKS = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 BACKEND_NAME = "label-studio"  # AnnotationProject.backend of the projects made here
+
+
+@contextmanager
+def project_lock(url: str, name: str) -> Iterator[None]:
+    """Held, on this host, around what must not interleave between two imports into one Label Studio project (two
+    batches of a run, or two runs): creating the project, and the count-post-record of new tasks (tasks another
+    import has posted but not yet recorded would look like a crashed run's to this one). An ``flock`` on a file in
+    the temp directory: it excludes threads (each opens the file) and processes (the I/O helper, the flow's threads)."""
+    key = hashlib.sha256(f"{url}\0{name}".encode()).hexdigest()[:32]
+    with open(Path(tempfile.gettempdir()) / f"maskloop-ls-project-{key}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- projects ------------------------------------------------------------------------------------------------------
@@ -55,6 +75,28 @@ def ensure_project(
     if media_kind not in MEDIA_KINDS:
         raise ValueError(f"media_kind must be one of {MEDIA_KINDS}, got {media_kind!r}")
     label_config = label_config_for(media_kind, classes, **config_options)
+    with catalog.session() as session:  # the common case: it exists, with this config
+        row = session.scalar(
+            select(AnnotationProject).where(
+                AnnotationProject.backend == BACKEND_NAME,
+                AnnotationProject.backend_url == client.url,
+                AnnotationProject.name == name,
+            )
+        )
+        if row is not None and row.media_kind == media_kind and row.label_config == label_config:
+            return row
+    with project_lock(client.url, name):  # created or changed by one import at a time
+        return _ensure_project(client, catalog, name, media_kind, classes, label_config)
+
+
+def _ensure_project(
+    client: LabelStudioClient,
+    catalog: Catalog,
+    name: str,
+    media_kind: str,
+    classes: Sequence[str],
+    label_config: str,
+) -> AnnotationProject:
     with catalog.session() as session:
         row = session.scalar(
             select(AnnotationProject).where(
@@ -183,17 +225,31 @@ def _batches(blobs: Sequence[bytes], max_bytes: int, max_tasks: int) -> list[lis
     return batches
 
 
-def _known_tasks(catalog: Catalog, project: AnnotationProject) -> dict[tuple[int, int], tuple[int, str | None]]:
+def _known_tasks(
+    catalog: Catalog, project: AnnotationProject, asset_ids: Collection[int] | None = None
+) -> dict[tuple[int, int], tuple[int, str | None]]:
+    """The catalog's tasks of ``project`` (of ``asset_ids`` only, when given): ``(asset, frame) -> (task, version)``."""
+    query = select(
+        AnnotationTask.asset_id,
+        AnnotationTask.frame_index,
+        AnnotationTask.external_task_id,
+        AnnotationTask.last_model_version,
+    ).where(AnnotationTask.project_id == project.id)
+    if asset_ids is not None:
+        query = query.where(AnnotationTask.asset_id.in_(sorted(set(asset_ids))))
     with catalog.session() as session:
-        rows = session.execute(
-            select(
-                AnnotationTask.asset_id,
-                AnnotationTask.frame_index,
-                AnnotationTask.external_task_id,
-                AnnotationTask.last_model_version,
-            ).where(AnnotationTask.project_id == project.id)
-        ).all()
+        rows = session.execute(query).all()
     return {(a, f): (t, v) for a, f, t, v in rows}
+
+
+def _known_count(catalog: Catalog, project: AnnotationProject) -> int:
+    with catalog.session() as session:
+        return int(
+            session.scalar(
+                select(func.count()).select_from(AnnotationTask).where(AnnotationTask.project_id == project.id)
+            )
+            or 0
+        )
 
 
 def _record_tasks(
@@ -210,7 +266,12 @@ def _set_versions(catalog: Catalog, project: AnnotationProject, updates: Mapping
     if not updates:
         return
     with catalog.session() as session:
-        rows = session.scalars(select(AnnotationTask).where(AnnotationTask.project_id == project.id)).all()
+        rows = session.scalars(
+            select(AnnotationTask).where(
+                AnnotationTask.project_id == project.id,
+                AnnotationTask.asset_id.in_(sorted({asset_id for asset_id, _ in updates})),
+            )
+        ).all()
         for row in rows:
             version = updates.get((row.asset_id, row.frame_index))
             if version is not None:
@@ -244,9 +305,9 @@ def reconcile(client: LabelStudioClient, catalog: Catalog, project: AnnotationPr
     return len(found)
 
 
-def _catalog_behind(client: LabelStudioClient, catalog: Catalog, project: AnnotationProject) -> bool:
-    ls_count = int(client.get_project(project.external_project_id).get("task_number") or 0)
-    return ls_count > len(_known_tasks(catalog, project))
+def _catalog_behind(ls_project: Mapping[str, Any], catalog: Catalog, project: AnnotationProject) -> bool:
+    """Label Studio (``ls_project``: its project as just read) has more tasks than the catalog knows of."""
+    return int(ls_project.get("task_number") or 0) > _known_count(catalog, project)
 
 
 def _post_batch(
@@ -301,59 +362,73 @@ def import_predictions(
         raise ValueError(f"import_predictions got the same (asset_id, frame_index) more than once: {dupes}")
     results = [_results_for(item, config) for item in todo]  # validate everything before sending anything
 
-    reconciled = reconcile(client, catalog, project) if todo and _catalog_behind(client, catalog, project) else 0
-    known = _known_tasks(catalog, project)
-    new_idx = [i for i, item in enumerate(todo) if item.key not in known]
-    old_idx = [i for i, item in enumerate(todo) if item.key in known and known[item.key][1] != item.model_version]
-    skipped = len(todo) - len(new_idx) - len(old_idx)
+    asset_ids = {item.asset_id for item in todo}
+    # the task JSON of the items the catalog has no task of yet is built before taking the project's lock: the next
+    # batch's import builds its payload while this one waits for Label Studio
+    known = _known_tasks(catalog, project, asset_ids) if todo else {}
+    ready = {i: _task_json(item, results[i], config.data_key) for i, item in enumerate(todo) if item.key not in known}
+    with project_lock(client.url, project.name):
+        # one GET per call: the task count (a crashed run's tasks the catalog lacks) and the project's model version
+        ls_project = client.get_project(project.external_project_id) if todo else {}
+        reconciled = (
+            reconcile(client, catalog, project) if todo and _catalog_behind(ls_project, catalog, project) else 0
+        )
+        known = _known_tasks(catalog, project, asset_ids)
+        new_idx = [i for i, item in enumerate(todo) if item.key not in known]
+        old_idx = [i for i, item in enumerate(todo) if item.key in known and known[item.key][1] != item.model_version]
+        skipped = len(todo) - len(new_idx) - len(old_idx)
 
-    created = batches = restored = 0
-    pending = new_idx
-    while pending:
-        blobs = [_task_json(todo[i], results[i], config.data_key) for i in pending]
-        resend: list[int] = []
-        for batch in _batches(blobs, max_batch_bytes, max_batch_tasks):
-            body = b"[" + b",".join(blobs[b] for b in batch) + b"]"
-            posted = _post_batch(client, catalog, project, body, attempts, backoff_s)
-            batches += 1
-            if posted is None:  # partially applied; reconcile recorded what landed
-                resend.extend(pending[b] for b in batch)
-                continue
-            task_ids, predicted = posted
-            if len(task_ids) != len(batch):
-                raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for a batch of {len(batch)}")
-            _record_tasks(
-                catalog,
-                project,
-                (
-                    (todo[pending[b]].key, tid, todo[pending[b]].model_version)
-                    for b, tid in zip(batch, task_ids, strict=True)
-                ),
-            )
-            created += len(batch)
-            if predicted < len(batch):  # each task carries one prediction
-                made = [(tid, todo[pending[b]], results[pending[b]]) for b, tid in zip(batch, task_ids, strict=True)]
-                restored += _restore_predictions(client, project, made)
-        if resend:
-            known = _known_tasks(catalog, project)
-            reconciled += sum(1 for i in resend if todo[i].key in known)
-            stale = [i for i in resend if todo[i].key in known and known[todo[i].key][1] != todo[i].model_version]
-            old_idx.extend(stale)
-            pending = [i for i in resend if todo[i].key not in known]
-        else:
-            pending = []
+        created = batches = restored = 0
+        pending = new_idx
+        while pending:
+            blobs = [ready[i] if i in ready else _task_json(todo[i], results[i], config.data_key) for i in pending]
+            resend: list[int] = []
+            for batch in _batches(blobs, max_batch_bytes, max_batch_tasks):
+                body = b"[" + b",".join(blobs[b] for b in batch) + b"]"
+                posted = _post_batch(client, catalog, project, body, attempts, backoff_s)
+                batches += 1
+                if posted is None:  # partially applied; reconcile recorded what landed
+                    resend.extend(pending[b] for b in batch)
+                    continue
+                task_ids, predicted = posted
+                if len(task_ids) != len(batch):
+                    raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for a batch of {len(batch)}")
+                _record_tasks(
+                    catalog,
+                    project,
+                    (
+                        (todo[pending[b]].key, tid, todo[pending[b]].model_version)
+                        for b, tid in zip(batch, task_ids, strict=True)
+                    ),
+                )
+                created += len(batch)
+                if predicted < len(batch):  # each task carries one prediction
+                    made = [
+                        (tid, todo[pending[b]], results[pending[b]]) for b, tid in zip(batch, task_ids, strict=True)
+                    ]
+                    restored += _restore_predictions(client, project, made)
+            if resend:
+                known = _known_tasks(catalog, project, asset_ids)
+                reconciled += sum(1 for i in resend if todo[i].key in known)
+                stale = [i for i in resend if todo[i].key in known and known[todo[i].key][1] != todo[i].model_version]
+                old_idx.extend(stale)
+                pending = [i for i in resend if todo[i].key not in known]
+            else:
+                pending = []
 
-    kept = 0
-    if keep_touched and old_idx:
-        known = _known_tasks(catalog, project)
-        touched = client.touched_task_ids(project.external_project_id, [known[todo[i].key][0] for i in old_idx])
-        kept = sum(1 for i in old_idx if known[todo[i].key][0] in touched)
-        old_idx = [i for i in old_idx if known[todo[i].key][0] not in touched]
-    refreshed = _refresh(
-        client, catalog, project, [todo[i] for i in old_idx], [results[i] for i in old_idx], max_batch_tasks
-    )
-    if set_project_version and created + refreshed + skipped:  # Label Studio refuses a version it has no prediction of
-        client.update_project(project.external_project_id, model_version=todo[-1].model_version)
+        kept = 0
+        if keep_touched and old_idx:
+            known = _known_tasks(catalog, project, asset_ids)
+            touched = client.touched_task_ids(project.external_project_id, [known[todo[i].key][0] for i in old_idx])
+            kept = sum(1 for i in old_idx if known[todo[i].key][0] in touched)
+            old_idx = [i for i in old_idx if known[todo[i].key][0] not in touched]
+        refreshed = _refresh(
+            client, catalog, project, [todo[i] for i in old_idx], [results[i] for i in old_idx], max_batch_tasks
+        )
+        version = todo[-1].model_version if todo else None
+        # Label Studio refuses a version it has no prediction of; a PATCH only when the version changes (not per batch)
+        if set_project_version and created + refreshed + skipped and ls_project.get("model_version") != version:
+            client.update_project(project.external_project_id, model_version=version)
     report = ImportReport(
         created=created,
         skipped=skipped,
@@ -406,7 +481,7 @@ def _refresh(
     """Add the new model version's prediction to existing tasks (tasks and their annotations stay untouched)."""
     if not items:
         return 0
-    known = _known_tasks(catalog, project)
+    known = _known_tasks(catalog, project, [item.asset_id for item in items])
     done = 0
     for start in range(0, len(items), batch_size):
         chunk = range(start, min(start + batch_size, len(items)))

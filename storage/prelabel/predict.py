@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,15 +46,38 @@ def task_score(scores: Iterable[float] | None) -> float:
     return min(finite) if finite else 0.0
 
 
+@dataclass
+class Predicted(StageReport):
+    """What the model made of a batch, not stored yet (:func:`predict` -> :func:`store`): the report's ok, failed,
+    skipped assets and instance count, with ``images`` (asset, decoded size, masks) and ``rows`` (the videos')."""
+
+    images: list[tuple[int, tuple[int, ...], Instances]] = field(default_factory=list)
+    rows: list[Prediction] = field(default_factory=list)
+
+    def stage_report(self) -> StageReport:
+        """The plain report (its own timings): what :func:`store` returns."""
+        return StageReport(
+            **{f.name: getattr(self, f.name) for f in fields(StageReport) if f.name not in ("seconds", "cpu_seconds")}
+        )
+
+
 def segment(
     services: Services, run_id: int, asset_ids: Sequence[int], model_version: str, model: Predictor
 ) -> StageReport:
     """Run ``model`` on a fetched batch and store one prediction row per asset; assets that already have this
     model version's prediction are skipped (resume), undecodable ones are recorded as failed."""
+    return store(services, run_id, model_version, predict(services, run_id, asset_ids, model_version, model))
+
+
+def predict(
+    services: Services, run_id: int, asset_ids: Sequence[int], model_version: str, model: Predictor
+) -> Predicted:
+    """The model thread's part of :func:`segment`: decode the batch and run ``model`` on it; nothing is stored (the
+    masks' COCO RLE and the catalog rows are :func:`store`'s, which may run in another thread)."""
     from model.images import decode_image
     from model.tracks import tracks_to_json
 
-    report = StageReport()
+    report = Predicted()
     settings, catalog = services.settings, services.catalog
     with catalog.session() as session:
         done = set(
@@ -102,26 +125,36 @@ def segment(
                 report.transient.add(asset.id)
     if images:
         results = model.images([img for _, img in images])
-        for (asset, _), instances in zip(images, results, strict=True):
-            records = instances.to_records()
-            rows.append(
-                Prediction(
-                    asset_id=asset.id,
-                    run_id=run_id,
-                    model_version=model_version,
-                    instances=records,
-                    num_instances=len(records),
-                    score=task_score(instances.scores),
-                )  # type: ignore[arg-type]
-            )
+        for (asset, image), instances in zip(images, results, strict=True):
+            report.images.append((asset.id, image.shape[:2], instances))
             report.ok.append(asset.id)
-    report.instances = sum(r.num_instances for r in rows)
+    report.rows = rows
+    report.instances = sum(r.num_instances for r in rows) + sum(len(i) for _, _, i in report.images)
+    return report
+
+
+def store(services: Services, run_id: int, model_version: str, predicted: Predicted) -> StageReport:
+    """Store what :func:`predict` made: one prediction row per asset (the masks as COCO RLE), the decoded sizes, and
+    the failures. Returns the batch's report."""
+    report, rows, catalog = predicted.stage_report(), list(predicted.rows), services.catalog
+    for asset_id, _, instances in predicted.images:
+        records = instances.to_records()
+        rows.append(
+            Prediction(
+                asset_id=asset_id,
+                run_id=run_id,
+                model_version=model_version,
+                instances=records,
+                num_instances=len(records),
+                score=task_score(instances.scores),
+            )  # type: ignore[arg-type]
+        )
     with catalog.session() as session:
         session.add_all(rows)
-        for asset, image in images:  # the decoded size is the truth the masks are stored at
-            row = session.get(Asset, asset.id)
-            if row is not None and (row.height, row.width) != image.shape[:2]:
-                row.height, row.width = image.shape[:2]
+        for asset_id, shape, _ in predicted.images:  # the decoded size is the truth the masks are stored at
+            row = session.get(Asset, asset_id)
+            if row is not None and (row.height, row.width) != shape:
+                row.height, row.width = shape
     record_failures(catalog, run_id, "segment", report.failed, report.transient)
     return report
 

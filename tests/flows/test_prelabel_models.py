@@ -54,7 +54,7 @@ def _check_lineage(catalog: Catalog, run_id: int, checkpoint: Path) -> str:
     return f"{model_id}@{sha[:8]}"
 
 
-def test_sam3_concept_prelabels_every_instance_of_each_class_into_label_studio(
+def test_sam3_concept_prelabels_every_instance_of_each_class_in_images_and_a_video_into_label_studio(
     prefect_api: str,
     flow_settings: Settings,
     sam3_checkpoint: Path,
@@ -64,7 +64,7 @@ def test_sam3_concept_prelabels_every_instance_of_each_class_into_label_studio(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fill_bucket(images=3, videos=0, broken=0)
+    fill_bucket(images=3, videos=1, broken=0)
     _env(monkeypatch, flow_settings, str(flow_settings.s3_endpoint_url))
     project = f"sam3-{bucket[-8:]}"
     run, done, assets, failed = _prelabel(
@@ -82,9 +82,17 @@ def test_sam3_concept_prelabels_every_instance_of_each_class_into_label_studio(
         "--param",
         "score_threshold=0.5",
     )
-    assert (done, assets, failed) == (3, 3, 0)
+    assert (done, assets, failed) == (4, 4, 0)
     catalog = Catalog(flow_settings.resolved_database_url)
     version = _check_lineage(catalog, run, sam3_checkpoint)
+    # the video: SAM 3's instances on every sampled frame, tracked by detection into videorectangle tracks
+    (video_task,) = ls_tasks(ls_client, catalog, f"{project} (videos)")
+    (video_prediction,) = video_task["predictions"]
+    assert video_prediction["model_version"].startswith(version)
+    tracks = video_prediction["result"]
+    assert tracks and all(r["type"] == "videorectangle" for r in tracks)
+    assert {label for r in tracks for label in r["value"]["labels"]} <= {"person", "car"}
+    assert any(len(r["value"]["sequence"]) > 1 for r in tracks), "no track spans more than one key frame"
     tasks = ls_tasks(ls_client, catalog, f"{project} (images)")
     assert len(tasks) == 3
     seen: set[str] = set()
