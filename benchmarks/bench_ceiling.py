@@ -273,7 +273,7 @@ def main() -> None:
 
             import flows.prelabel
 
-            overlapped, store_thread = flows.prelabel.import_batch, flows.prelabel.store_thread
+            overlapped, store_thread = flows.prelabel.import_batch, getattr(flows.prelabel, "store_thread", None)
 
             class SerialImports:  # the old chain: every import waits for the one before (wait_for the last)
                 last: Any = None

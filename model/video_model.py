@@ -254,8 +254,12 @@ class Sam2Video:
             get_family(kind.image_type).check_requirements(str(source))
         model_class = getattr(transformers, kind.model_class)
         image_only = config.model_type == kind.image_type
+        tracking = TrackingDefaults.from_config(json.loads((source / "config.json").read_text()), str(source))
         if image_only:
-            logger.warning("%s is an image-only checkpoint: the video memory modules are untrained", source)
+            # a checkpoint whose config already says its memory is untrained (shapes-tiny) is tracked by detection:
+            # nothing to warn about
+            log = logger.warning if tracking.trust_memory else logger.info
+            log("%s is an image-only checkpoint: the video memory modules are untrained", source)
             config = kind.from_image_config(config)
         with quiet_load_report(source_is_image_only(source)):
             model: Any = model_class.from_pretrained(source, config=config, local_files_only=True)
@@ -263,7 +267,6 @@ class Sam2Video:
             _init_perceiver_latents(model.spatial_perceiver)
         weights = [p for p in source.iterdir() if p.suffix in (".safetensors", ".bin")]
         sha = sha256_of_files(weights)[:8]
-        tracking = TrackingDefaults.from_config(json.loads((source / "config.json").read_text()), str(source))
         return cls(model.to(device=dev, dtype=dt), f"{kind.video_type}:{source.name}@{sha}", str(dev), dt, tracking)
 
     @classmethod

@@ -161,7 +161,9 @@ def run(spec: dict[str, Any]) -> None:
             out[f"{key}/presence_logit"] = raw["presence_logit_dec"].reshape(-1).float().numpy()
             out[f"{key}/pred_boxes"] = box_ops.box_cxcywh_to_xyxy(raw["pred_boxes"][0]).float().numpy()
             out[f"{key}/pred_masks"] = raw["pred_masks"][0].float().numpy()
-            scores.append((raw["pred_logits"][0, :, 0].sigmoid() * raw["presence_logit_dec"].sigmoid()).numpy())
+            scores.append(
+                (raw["pred_logits"][0, :, 0].sigmoid() * raw["presence_logit_dec"].sigmoid()).reshape(-1).numpy()
+            )
         threshold, margin = split_threshold(scores)
         out[f"{i}/score_threshold"], out[f"{i}/score_margin"] = np.asarray(threshold), np.asarray(margin)
         processor.set_confidence_threshold(threshold)
