@@ -4,10 +4,14 @@ were generated from (:mod:`flows.options`) and print its typed result."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from flows.cli_settings import stack_settings_of
 from flows.options import params_from
 from storage.params import ActiveLearningParams, HarvestParams, PrelabelParams
+
+if TYPE_CHECKING:
+    from storage.harvest import HarvestReport
 
 
 def cmd_prelabel(args: argparse.Namespace) -> int:
@@ -38,25 +42,22 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     from flows.harvest import harvest_flow
 
     result = harvest_flow(params_from(args, HarvestParams), settings=stack_settings_of(args))
-    h = result.harvest
-    print(
-        f"run {result.run_id}: {h.tasks_seen} tasks seen, {h.created} new and {h.updated} changed annotations, "
-        f"{h.skipped} skipped, {len(h.invalid)} invalid, {h.agreement_rows} agreement rows"
-    )
-    for ann_id, reason in h.invalid.items():
-        print(f"  invalid annotation {ann_id}: {reason}")
-    if h.frames is not None:
-        f = h.frames
-        print(
-            f"  key frames (video masks): {f.tasks_seen} tasks seen, {f.created} new and {f.updated} changed "
-            f"annotations, {len(f.invalid)} invalid"
-        )
-        for ann_id, reason in f.invalid.items():
-            print(f"    invalid annotation {ann_id}: {reason}")
+    _print_harvest(f"run {result.run_id}: ", result.harvest, "  ")
+    if result.harvest.frames is not None:  # a video project's key-frame tasks, harvested with it
+        _print_harvest("  key frames (video masks): ", result.harvest.frames, "    ")
     if result.version is not None:
         v = result.version
         print(f"dataset {v.dataset} v{v.number} (id {v.version_id}, {'new' if v.created else 'unchanged'})")
     return 0
+
+
+def _print_harvest(head: str, h: HarvestReport, indent: str) -> None:
+    print(
+        f"{head}{h.tasks_seen} tasks seen, {h.created} new and {h.updated} changed annotations, "
+        f"{h.skipped} skipped, {len(h.invalid)} invalid, {h.agreement_rows} agreement rows"
+    )
+    for ann_id, reason in h.invalid.items():
+        print(f"{indent}invalid annotation {ann_id}: {reason}")
 
 
 def cmd_active_learning(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.labelstudio.server import LabelStudioServer
-from tests.support.browser import ARTIFACTS, launch_chromium
+from tests.support.browser import ARTIFACTS, launch_chromium, logged_in_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.labelstudio]
 
@@ -102,15 +102,7 @@ def test_prelabelled_brush_region_is_listed_and_rendered_in_the_editor(
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(90_000)  # the dev server is slow to serve its bundles on a loaded machine
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)[:300]))
-            page.goto(f"{label_studio_server.url}/user/login/")
-            page.fill("input[name=email]", creds.username)
-            page.fill("input[name=password]", creds.password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
+            page, errors = logged_in_page(browser, label_studio_server.url, creds.username, creds.password)
             # no annotation yet: the editor pre-fills a draft from the prediction of the project's model_version
             page.goto(f"{label_studio_server.url}/projects/{project.external_project_id}/data?task={task_id}")
             try:

@@ -28,7 +28,7 @@ from storage.formats.ls_video import project_frame
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.labelstudio.server import LabelStudioServer
-from tests.support.browser import ARTIFACTS, launch_chromium
+from tests.support.browser import ARTIFACTS, launch_chromium, logged_in_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.labelstudio]
 
@@ -148,15 +148,7 @@ def test_tracked_video_region_is_drawn_around_the_square_mid_clip(
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(90_000)  # the dev server is slow to serve its bundles on a loaded machine
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)[:300]))
-            page.goto(f"{label_studio_server.url}/user/login/")
-            page.fill("input[name=email]", creds.username)
-            page.fill("input[name=password]", creds.password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
+            page, errors = logged_in_page(browser, label_studio_server.url, creds.username, creds.password)
             # up to 3 page loads: on a loaded machine the editor sometimes leaves the overlay of an earlier frame
             # on the canvas after a seek (seen 2 of 5 at load 5); a fresh load redraws it
             for _attempt in range(3):
