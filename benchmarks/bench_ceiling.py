@@ -23,8 +23,15 @@ drift hits all of them alike):
   helper's other threads (parallel downloads, the pipe), the flow process's other threads (Prefect task machinery,
   events, logs), and each server process (S3, Label Studio, Prefect). The stand-in's own CPU is left out.
 
+``--variants new,old`` alternates the flow as it is with the pipeline's old structure (imports one after another,
+the model thread waiting for its batch's COCO RLE and catalog write), put back in this process only; ``--empty-runs``
+times an empty Prefect flow on the same server (Prefect's own floor per run); ``--profile`` writes cProfile stats of
+the one-image runs.
+
 On 2026-12-06 (2 cores shared with other agents, load 4-10): ceiling 3.4 images/s, the same at every stand-in
 speed; 0.17 CPU-s per photo in the worker (flow + I/O helper), 0.28 with the servers; fixed cost 3.8 s per run.
+After the second pass the same day: fixed cost ~1.2 s (an empty flow: ~1.2 s, Prefect's heartbeat join), 0.34-0.42
+worker CPU-s per run instead of 1.4-1.5; the model thread's time beside the model 17-28 ms per photo instead of 64-113.
 docs/prelabel-throughput.md has the tables, what limits the rate and the cores a GPU worker needs.
 """
 

@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     io_process: bool = Field(
         default=True,
         description="Run the pre-label flow's download and Label Studio import task bodies in a helper process, so "
-        "their Python does not take the GIL from the model thread; false runs them in the flow's threads.",
+        "their Python does not take the GIL from the model thread (only for runs of 3 or more batches: smaller runs "
+        "end before it would be ready); false runs them in the flow's threads.",
     )
     io_process_wait_s: float = Field(
         default=0.0,

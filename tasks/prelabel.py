@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -136,7 +136,7 @@ def segment_batch(
         len(report.skipped),
         report.seconds,
     )
-    return report  # type: ignore[return-value]
+    return cast(predict.Predicted, report)  # predict.predict's report is a Predicted
 
 
 def store_predictions(services: Services, run_id: int, model_version: str, predicted: predict.Predicted) -> StageReport:

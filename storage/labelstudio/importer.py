@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -26,17 +25,23 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from model.instances import Instances
-from model.tracks import VideoTracks
-from storage.annotation.items import EncodedInstances, ImportItem, ImportReport
+from storage.annotation.items import ImportItem, ImportReport
 from storage.catalog import AnnotationProject, AnnotationTask, Catalog
 from storage.labelstudio.client import LabelStudioClient, LabelStudioError
 from storage.labelstudio.config import MEDIA_KINDS, LabelConfig, label_config_for
-from storage.labelstudio.convert import instances_to_results, records_to_results
+from storage.labelstudio.payload import (
+    ASSET_KEY,
+    FRAME_KEY,
+    VERSION_KEY,
+    as_item,
+    batch_indices,
+    prediction_json,
+    results_for,
+    task_json,
+)
 
 logger = logging.getLogger(__name__)
 
-ASSET_KEY, FRAME_KEY, VERSION_KEY = "maskloop_asset_id", "maskloop_frame_index", "maskloop_model_version"
 DEFAULT_MAX_BATCH_BYTES = 48 * 2**20  # Label Studio fails a POST over ~250 MiB with HTTP 500
 DEFAULT_MAX_BATCH_TASKS = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
@@ -138,91 +143,6 @@ def _ensure_project(
         session.add(row)
         session.flush()
         return row
-
-
-# -- tasks ---------------------------------------------------------------------------------------------------------
-def _as_item(item: ImportItem | Sequence[Any]) -> ImportItem:
-    if isinstance(item, ImportItem):
-        return item
-    return ImportItem(*item)
-
-
-def _results_for(item: ImportItem, config: LabelConfig) -> list[dict[str, Any]]:
-    if isinstance(item.results, (Instances, EncodedInstances)):
-        to_name = next(iter(config.objects))
-        tags = {c.tag: c.name for c in config.controls.values() if c.to_name == to_name}
-        if not {"BrushLabels", "PolygonLabels", "RectangleLabels"} & set(tags):
-            raise ValueError(
-                f"asset {item.asset_id}: Instances need an image project with brush/polygon/rectangle tags"
-            )
-        brush, polygon, rectangle = tags.get("BrushLabels"), tags.get("PolygonLabels"), tags.get("RectangleLabels")
-        if isinstance(item.results, EncodedInstances):  # brush RLE straight from the catalog's COCO RLE
-            encoded = item.results
-            results = records_to_results(
-                encoded.records,
-                encoded.height,
-                encoded.width,
-                to_name=to_name,
-                brush_from=brush,
-                polygon_from=polygon,
-                rectangle_from=rectangle,
-            )
-        else:
-            results = instances_to_results(
-                item.results, to_name=to_name, brush_from=brush, polygon_from=polygon, rectangle_from=rectangle
-            )
-    elif isinstance(item.results, VideoTracks):
-        from storage.formats.ls_video import DEFAULT_FRAMERATE, to_ls_video_results
-
-        boxes = [c for c in config.controls.values() if c.tag == "VideoRectangle"]
-        if not boxes:
-            raise ValueError(f"asset {item.asset_id}: VideoTracks need a video project with a VideoRectangle tag")
-        framerate = config.framerates.get(boxes[0].to_name, DEFAULT_FRAMERATE)  # keyframes in the project's rate
-        results = to_ls_video_results(
-            item.results, from_name=boxes[0].name, to_name=boxes[0].to_name, framerate=framerate
-        )
-    else:
-        results = [dict(r) for r in item.results]
-    try:
-        config.validate_results(results)
-    except ValueError as exc:
-        raise ValueError(f"asset {item.asset_id} frame {item.frame_index}: {exc}") from exc
-    return results
-
-
-def _prediction(item: ImportItem, results: list[dict[str, Any]]) -> dict[str, Any]:
-    pred: dict[str, Any] = {"model_version": item.model_version, "result": results}
-    if item.task_score is not None:
-        pred["score"] = float(item.task_score)
-    return pred
-
-
-def _task_json(item: ImportItem, results: list[dict[str, Any]], data_key: str) -> bytes:
-    data = {
-        **item.extra_data,
-        data_key: item.media_url,
-        ASSET_KEY: item.asset_id,
-        FRAME_KEY: item.frame_index,
-        VERSION_KEY: item.model_version,
-    }
-    return json.dumps({"data": data, "predictions": [_prediction(item, results)]}, separators=(",", ":")).encode()
-
-
-def _batches(blobs: Sequence[bytes], max_bytes: int, max_tasks: int) -> list[list[int]]:
-    batches: list[list[int]] = []
-    current: list[int] = []
-    size = 2
-    for i, blob in enumerate(blobs):
-        if len(blob) + 2 > max_bytes:
-            raise ValueError(f"one task is {len(blob)} bytes of JSON, over the batch limit of {max_bytes} bytes")
-        if current and (size + len(blob) + 1 > max_bytes or len(current) >= max_tasks):
-            batches.append(current)
-            current, size = [], 2
-        current.append(i)
-        size += len(blob) + 1
-    if current:
-        batches.append(current)
-    return batches
 
 
 def _known_tasks(
@@ -355,18 +275,18 @@ def import_predictions(
     ``keep_touched``, existing tasks that a person has annotated (or skipped) get no new prediction (``kept``).
     """
     config = LabelConfig.parse(project.label_config)
-    todo = [_as_item(i) for i in items]
+    todo = [as_item(i) for i in items]
     keys = [i.key for i in todo]
     if len(set(keys)) != len(keys):
         dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"import_predictions got the same (asset_id, frame_index) more than once: {dupes}")
-    results = [_results_for(item, config) for item in todo]  # validate everything before sending anything
+    results = [results_for(item, config) for item in todo]  # validate everything before sending anything
 
     asset_ids = {item.asset_id for item in todo}
     # the task JSON of the items the catalog has no task of yet is built before taking the project's lock: the next
     # batch's import builds its payload while this one waits for Label Studio
     known = _known_tasks(catalog, project, asset_ids) if todo else {}
-    ready = {i: _task_json(item, results[i], config.data_key) for i, item in enumerate(todo) if item.key not in known}
+    ready = {i: task_json(item, results[i], config.data_key) for i, item in enumerate(todo) if item.key not in known}
     with project_lock(client.url, project.name):
         # one GET per call: the task count (a crashed run's tasks the catalog lacks) and the project's model version
         ls_project = client.get_project(project.external_project_id) if todo else {}
@@ -381,9 +301,9 @@ def import_predictions(
         created = batches = restored = 0
         pending = new_idx
         while pending:
-            blobs = [ready[i] if i in ready else _task_json(todo[i], results[i], config.data_key) for i in pending]
+            blobs = [ready[i] if i in ready else task_json(todo[i], results[i], config.data_key) for i in pending]
             resend: list[int] = []
-            for batch in _batches(blobs, max_batch_bytes, max_batch_tasks):
+            for batch in batch_indices(blobs, max_batch_bytes, max_batch_tasks):
                 body = b"[" + b",".join(blobs[b] for b in batch) + b"]"
                 posted = _post_batch(client, catalog, project, body, attempts, backoff_s)
                 batches += 1
@@ -462,7 +382,7 @@ def _restore_predictions(
         [tid for tid, _, _ in missing],
     )
     client.import_predictions(
-        project.external_project_id, [{"task": tid, **_prediction(item, res)} for tid, item, res in missing]
+        project.external_project_id, [{"task": tid, **prediction_json(item, res)} for tid, item, res in missing]
     )
     still = [tid for tid, _, _ in missing if not client.list_predictions(tid)]
     if still:
@@ -485,7 +405,7 @@ def _refresh(
     done = 0
     for start in range(0, len(items), batch_size):
         chunk = range(start, min(start + batch_size, len(items)))
-        preds = [{"task": known[items[i].key][0], **_prediction(items[i], results[i])} for i in chunk]
+        preds = [{"task": known[items[i].key][0], **prediction_json(items[i], results[i])} for i in chunk]
         client.import_predictions(project.external_project_id, preds)
         _set_versions(catalog, project, {items[i].key: items[i].model_version for i in chunk})
         done += len(preds)

@@ -191,3 +191,15 @@ def test_helper_dies_with_its_parent_and_does_not_finish_the_running_call(tmp_pa
     assert _gone(child), "the helper outlived its killed parent"
     time.sleep(2.5)  # past the point where the call would have finished
     assert not marker.exists(), "the helper finished a call for a dead parent"
+
+
+def test_closing_a_helper_that_is_not_ready_yet_does_not_wait_for_its_start() -> None:
+    """A short run closes its helper while it still imports maskloop (~1 s): it ran nothing, so it is killed at once."""
+    helper = IoProcess(wait_ready_s=0.0)
+    helper.start()
+    pid = helper.pid
+    assert pid is not None and not helper.ready
+    started = time.monotonic()
+    helper.close()
+    assert time.monotonic() - started < 0.5
+    assert _gone(pid)

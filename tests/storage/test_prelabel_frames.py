@@ -18,7 +18,7 @@ from model.tracks import Track, TrackFrame, VideoTracks
 from model.video import write_video
 from storage.annotation import ImportItem
 from storage.catalog import Asset
-from storage.labelstudio.importer import _task_json
+from storage.labelstudio.payload import task_json as _task_json
 from storage.prelabel.frames import decode_frames, encode_jpeg, frame_key, frames_project_name, video_frame_items
 from storage.s3 import list_objects
 from storage.services import Services

@@ -18,7 +18,8 @@ from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio import importer
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.convert import brush_rle_to_mask
-from storage.labelstudio.importer import _batches, ensure_project, import_predictions
+from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.payload import batch_indices as _batches
 
 pytestmark = pytest.mark.labelstudio
 
@@ -316,3 +317,31 @@ def test_encoded_instances_land_in_label_studio_with_the_prediction_their_decode
     assert {r["type"] for r in from_encoded["result"]} == {"brushlabels", "rectanglelabels"}
     brush = next(r for r in from_encoded["result"] if r["type"] == "brushlabels")
     np.testing.assert_array_equal(brush_rle_to_mask(brush["value"]["rle"], 480, 640), _instances(decoded).masks[0])
+
+
+def test_concurrent_imports_into_one_project_create_each_task_once_and_patch_the_version_once(
+    ls_client: LabelStudioClient,
+    ls_catalog: Catalog,
+    make_assets: Callable[..., list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two batches imported at the same time (the flow overlaps its imports): the project lock keeps one import's
+    posted-but-unrecorded tasks from being reconciled by the other; the model version is PATCHed once, not per batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    project = ensure_project(ls_client, ls_catalog, _name("overlap"), "image", ["cat"])
+    patches: list[dict[str, object]] = []
+    real_update = ls_client.update_project
+    monkeypatch.setattr(ls_client, "update_project", lambda pid, **f: patches.append(f) or real_update(pid, **f))
+    ids = make_assets(160)
+    batches = [ids[k * 40 : k * 40 + 40] for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda ids: import_predictions(ls_client, ls_catalog, project, _items(ids)), batches))
+    assert sum(r.created for r in reports) == 160 and sum(r.reconciled for r in reports) == 0
+    tasks = list(ls_client.iter_tasks(project.external_project_id))
+    assert sorted(t["data"][importer.ASSET_KEY] for t in tasks) == sorted(ids)
+    assert len({r.external_task_id for r in _catalog_rows(ls_catalog)}) == len(_catalog_rows(ls_catalog))
+    assert [p for p in patches if "model_version" in p] == [{"model_version": V1}]
+    again = import_predictions(ls_client, ls_catalog, project, _items(batches[0]))
+    assert (again.created, again.skipped) == (0, 40)
+    assert len([p for p in patches if "model_version" in p]) == 1
