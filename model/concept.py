@@ -220,6 +220,8 @@ class ConceptSegmenter:
         height, width = size
         keep_logits: list[torch.Tensor] = []
         keep_boxes, keep_scores, keep_presence, keep_class = [], [], [], []
+        with self._context():
+            cls = self._geometry_cls(vision, index)  # (1, 1, D): Meta's token that ends every text-only prompt
         for c0 in range(0, len(classes), params.class_batch):
             c1 = min(c0 + params.class_batch, len(classes))
             n = c1 - c0
@@ -229,12 +231,10 @@ class ConceptSegmenter:
                     p[index : index + 1].expand(n, -1, -1, -1) for p in vision.fpn_position_encoding
                 ),
             )
+            prompt = torch.cat([text[c0:c1], cls.expand(n, -1, -1).to(text.dtype)], dim=1)
+            prompt_mask = torch.cat([text_mask[c0:c1], text_mask.new_ones(n, 1)], dim=1)
             with self._context():
-                out = self.model(
-                    vision_embeds=one,
-                    text_embeds=_Pooled(text[c0:c1]),
-                    attention_mask=text_mask[c0:c1],
-                )
+                out = self.model(vision_embeds=one, text_embeds=_Pooled(prompt), attention_mask=prompt_mask)
             presence = out.presence_logits.float().sigmoid().reshape(n, 1)  # (n, 1)
             scores = out.pred_logits.float().sigmoid() * presence  # (n, Q)
             for k in range(n):
@@ -280,16 +280,38 @@ class ConceptSegmenter:
         nonempty = inst.areas > 0
         return inst[nonempty] if nonempty.any() else Instances.empty(height, width)
 
+    def _geometry_cls(self, vision: Any, index: int) -> torch.Tensor:
+        """The geometry encoder's output for a prompt without boxes: its CLS token alone, after its layers attend to
+        image ``index``'s features (1, 1, D).
+
+        Meta's SAM 3 runs the geometry encoder for every prompt and appends its output to the text tokens, so a
+        text-only prompt reaches the DETR as text + this CLS token. transformers' ``Sam3Model`` skips the encoder
+        when no box is given (and with a padding box calls ``torchvision.ops.roi_align``, which maskloop does not
+        need), so the token is built here from the encoder's own modules, as its ``forward`` would with every box
+        masked out (``tests/reference/test_sam3_parity.py`` compares the result with Meta's code)."""
+        encoder = self.model.geometry_encoder
+        feats = vision.fpn_hidden_states[:-1][-1][index : index + 1]  # what Sam3Model gives the encoder
+        pos = vision.fpn_position_encoding[:-1][-1][index : index + 1]
+        flat, pos_flat = feats.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2)
+        hidden = encoder.cls_embed.weight.view(1, 1, -1).to(feats.dtype)
+        hidden = encoder.prompt_layer_norm(encoder.final_proj(hidden))
+        for layer in encoder.layers:
+            hidden = layer(prompt_feats=hidden, vision_feats=flat, vision_pos_encoding=pos_flat, prompt_mask=None)
+        return encoder.output_layer_norm(hidden)
+
     def _pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Images -> (B, 3, S, S) as Sam3ImageProcessor makes them: bilinear resize to the square input, /255,
-        normalised with mean = std = 0.5."""
+        """Images -> (B, 3, S, S) as Sam3ImageProcessor makes them: antialiased bilinear resize to the square input,
+        /255, normalised with mean = std = 0.5."""
         import torch
         import torch.nn.functional as F
 
         out = []
         for image in images:
             pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
-            pixels = F.interpolate(pixels, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+            # antialiased, as Meta's transform and Sam3ImageProcessor (matters when shrinking a large photo)
+            pixels = F.interpolate(
+                pixels, size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True
+            )
             out.append(pixels / 255.0)
         stacked = torch.cat(out)
         mean = torch.tensor(_MEAN, device=self.device).view(1, 3, 1, 1)

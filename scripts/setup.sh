@@ -2,7 +2,7 @@
 # Set up maskloop on a fresh machine: a virtualenv with the project (.venv), Label Studio in its own venv (.venv-ls).
 #   scripts/setup.sh          runtime only (enough for `maskloop demo`)
 #   scripts/setup.sh --dev    plus test/lint tools, Debian's chromium for the browser test and FiftyOne (.venv-fo)
-#   scripts/setup.sh --reference   only Meta's SAM 2 code in its own venv (.venv-ref) for tests/reference
+#   scripts/setup.sh --reference   Meta's SAM 2 and SAM 3 code, timm (EdgeTAM) and maskloop in their own venv (.venv-ref) for tests/reference
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

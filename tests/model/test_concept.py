@@ -31,16 +31,32 @@ def _images() -> list[np.ndarray]:
 
 
 def _expected_scores(seg: ConceptSegmenter, image: np.ndarray, classes: list[str]) -> list[tuple[str, float]]:
-    """SAM 3's confidence per (class, query) straight from one Sam3Model forward (pixel_values + input_ids)."""
+    """SAM 3's confidence per (class, query) straight from one Sam3Model forward (pixel_values + input_ids) with
+    Meta's text-only prompt: transformers' own geometry path given one padding box (label -10, masked out), which
+    appends the geometry encoder's CLS token to the text. That path pools the (masked) box with
+    ``torchvision.ops.roi_align``; torchvision does not load here, and the masked box's features never reach the
+    output, so zeros stand in for them."""
+    from types import SimpleNamespace
+
+    from transformers.models.sam3 import modeling_sam3
+
+    def roi_align(features: torch.Tensor, boxes: list[torch.Tensor], size: int) -> torch.Tensor:
+        return features.new_zeros(sum(len(b) for b in boxes), features.shape[1], size, size)
+
+    n = len(classes)
     tokens = seg.tokenizer(classes, padding="max_length", max_length=32, return_tensors="pt")
-    with torch.no_grad():
+    stub = SimpleNamespace(ops=SimpleNamespace(roi_align=roi_align))
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modeling_sam3, "torchvision", stub, raising=False)
         out = seg.model(
-            pixel_values=seg._pixels([image] * len(classes)),
+            pixel_values=seg._pixels([image] * n),
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],
+            input_boxes=torch.zeros(n, 1, 4),
+            input_boxes_labels=torch.full((n, 1), -10),
         )
     scores = out.pred_logits.sigmoid() * out.presence_logits.sigmoid()
-    return [(classes[c], float(s)) for c in range(len(classes)) for s in scores[c].tolist()]
+    return [(classes[c], float(s)) for c in range(n) for s in scores[c].tolist()]
 
 
 def test_concept_instances_are_the_queries_sam3_scores_above_threshold(sam3: ConceptSegmenter) -> None:

@@ -4,10 +4,11 @@ the project's venv, and never imports maskloop.
     .venv-ref/bin/python tests/reference/sam3_meta_side.py SPEC.json
 
 Builds Meta's SAM 3 image model at the released architecture (``build_sam3_image_model``, no checkpoint) with seeded
-random weights, saves its state dict (Meta's key names) to ``SPEC["checkpoint"]``, then runs Meta's own
-``Sam3Processor`` (``set_image`` + ``set_text_prompt``) on each image for each phrase and writes plain arrays to
-``SPEC["out"]`` (.npz): the tokens, the raw head outputs for all queries and what the processor keeps above
-``SPEC["score_threshold"]``. The spec is written by ``tests/reference/sam3_harness.py``.
+random weights, saves its state dict (Meta's key names) to ``SPEC["checkpoint"]``, then runs Meta's model on each
+image for each phrase and writes plain arrays to ``SPEC["out"]`` (.npz): its input tensors, the tokens, the raw head
+outputs for all queries (``forward_grounding``, as ``Sam3Processor.set_text_prompt`` calls it) and what Meta's own
+``Sam3Processor`` keeps above a confidence threshold placed in the widest gap of the scores (``split_threshold``).
+The spec is written by ``tests/reference/sam3_harness.py``.
 """
 
 from __future__ import annotations
