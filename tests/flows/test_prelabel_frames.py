@@ -75,6 +75,7 @@ def _assert_one_task_per_asset_project_frame(
     return frames
 
 
+@pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)  # the catalog is not what is tested
 def test_video_becomes_a_video_task_and_key_frame_image_tasks_with_one_brush_mask_per_track(
     prefect_api: str,
     flow_settings: Settings,
@@ -235,6 +236,7 @@ def test_flow_process_killed_after_the_video_task_resumes_to_both_views_without_
     assert len(rows) == len(set(rows)) == 2 + 1 + len(frames)
 
 
+@pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)  # the catalog is not what is tested
 def test_a_prelabelled_video_corrected_in_both_views_comes_back_as_youtube_vis_with_the_corrected_mask(
     prefect_api: str,
     flow_settings: Settings,

@@ -54,6 +54,7 @@ def _check_lineage(catalog: Catalog, run_id: int, checkpoint: Path) -> str:
     return f"{model_id}@{sha[:8]}"
 
 
+@pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)  # the catalog is not what is tested
 def test_sam3_concept_prelabels_every_instance_of_each_class_in_images_and_a_video_into_label_studio(
     prefect_api: str,
     flow_settings: Settings,
@@ -108,6 +109,7 @@ def test_sam3_concept_prelabels_every_instance_of_each_class_in_images_and_a_vid
     catalog.dispose()
 
 
+@pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)  # the catalog is not what is tested
 @pytest.mark.skipif(_timm_missing() is not None, reason=str(_timm_missing()))
 def test_edgetam_prelabels_images_and_videos_into_label_studio_with_the_everything_strategy(
     prefect_api: str,
