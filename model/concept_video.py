@@ -2,9 +2,11 @@
 into stable track ids by :class:`model.video_detect.DetectionTracker` (mask IoU plus motion, as for checkpoints with
 an untrained memory).
 
-transformers' ``Sam3VideoModel`` couples SAM 3's detector to its own tracker and keeps every frame's state in its
-inference session; maskloop's tracker streams instead: it holds the tracks' current state and one RLE per recorded
-frame, never past frames, so memory stays flat in clip length (``tests/model/test_concept_video.py`` measures it).
+transformers' ``Sam3VideoModel`` couples SAM 3's detector to its own tracker, and its inference session stores every
+added frame and every per-frame output (``processed_frames``, ``output_dict_per_obj``), as ``Sam2VideoModel``'s does;
+pruning it would mean mirroring its private steps, as :mod:`model.video_session` does for SAM 2. maskloop's tracker
+streams instead: it holds the tracks' current state and one RLE per recorded frame, never past frames, so memory
+stays flat in clip length (``tests/model/test_concept_video.py`` watches every decoded frame).
 A SAM 3 concept model has no box prompts, so a track no proposal matched is not re-segmented (no coasting): it
 resumes when the detector finds it again.
 """
