@@ -21,8 +21,8 @@ import numpy as np
 from model.instances import Instances
 from storage.annotation.items import ImportItem
 from storage.catalog import Asset, Catalog
+from storage.labelstudio.brush import mask_to_brush_rle
 from storage.labelstudio.client import LabelStudioClient
-from storage.labelstudio.convert import mask_to_brush_rle
 from storage.labelstudio.importer import ensure_project, import_predictions
 
 

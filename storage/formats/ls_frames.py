@@ -16,7 +16,7 @@ from typing import Any
 
 from model.masks import rle_to_mask
 from model.tracks import TrackFrame, VideoTracks
-from storage.labelstudio.convert import mask_to_brush_rle
+from storage.labelstudio.brush import mask_to_brush_rle
 
 ASSET_KEY, FRAME_KEY, TIME_KEY = "maskloop_asset_id", "maskloop_frame_index", "maskloop_time_s"
 

@@ -5,9 +5,11 @@ batches sized by payload."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+import orjson
 
 from model.instances import Instances
 from model.tracks import VideoTracks
@@ -82,7 +84,16 @@ def task_json(item: ImportItem, results: list[dict[str, Any]], data_key: str) ->
         FRAME_KEY: item.frame_index,
         VERSION_KEY: item.model_version,
     }
-    return json.dumps({"data": data, "predictions": [prediction_json(item, results)]}, separators=(",", ":")).encode()
+    # orjson: a photo's ~50 brush masks are ~120k small ints, 9 ms per photo through json, 1 ms through orjson
+    task = {"data": data, "predictions": [prediction_json(item, results)]}
+    return orjson.dumps(task, default=_numpy_scalar, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _numpy_scalar(value: Any) -> Any:
+    """numpy scalars (numpy.float64 is a float to json, not to orjson) as Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def batch_indices(blobs: Sequence[bytes], max_bytes: int, max_tasks: int) -> list[list[int]]:

@@ -151,10 +151,11 @@ def store(services: Services, run_id: int, model_version: str, predicted: Predic
         )
     with catalog.session() as session:
         session.add_all(rows)
-        for asset_id, shape, _ in predicted.images:  # the decoded size is the truth the masks are stored at
-            row = session.get(Asset, asset_id)
-            if row is not None and (row.height, row.width) != shape:
-                row.height, row.width = shape
+        shapes = {asset_id: shape for asset_id, shape, _ in predicted.images}
+        assets = session.scalars(select(Asset).where(Asset.id.in_(shapes))) if shapes else ()  # one query per batch
+        for row in assets:
+            if (row.height, row.width) != shapes[row.id]:  # the decoded size is the truth the masks are stored at
+                row.height, row.width = shapes[row.id]
     record_failures(catalog, run_id, "segment", report.failed, report.transient)
     return report
 

@@ -256,7 +256,7 @@ def test_a_prelabelled_video_corrected_in_both_views_comes_back_as_youtube_vis_w
 
     from flows.harvest import harvest_flow
     from flows.prelabel import prelabel_flow
-    from storage.labelstudio.convert import mask_to_brush_rle
+    from storage.labelstudio.brush import mask_to_brush_rle
     from storage.params import HarvestParams
     from storage.version_export import export_version
 

@@ -9,8 +9,8 @@ from storage.agreement import boundary_f_score, iou_matrix, match_instances, str
 from storage.formats.coco import CocoSource, build_coco, validate_coco
 from storage.harvest import AnnotationError, content_hash
 from storage.labelstudio.annotations import image_records, interpolate_sequence
+from storage.labelstudio.brush import mask_to_brush_rle
 from storage.labelstudio.config import LabelConfig, image_label_config
-from storage.labelstudio.convert import mask_to_brush_rle
 from storage.version_reads import diff_items
 from storage.versions import manifest_hash
 

@@ -11,8 +11,8 @@ import pytest
 from storage.annotation.items import MediaSize
 from storage.harvest import content_hash
 from storage.labelstudio.annotations import annotation_records, track_id_of
+from storage.labelstudio.brush import mask_to_brush_rle
 from storage.labelstudio.config import LabelConfig, image_label_config, video_label_config
-from storage.labelstudio.convert import mask_to_brush_rle
 
 H, W = 8, 10
 

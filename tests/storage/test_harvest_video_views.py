@@ -28,8 +28,8 @@ from storage.catalog import Annotation, AnnotationTask, Asset, Catalog, DatasetV
 from storage.formats.ls_frames import frame_tasks
 from storage.harvest import harvest
 from storage.labelstudio.backend import LabelStudioBackend
+from storage.labelstudio.brush import mask_to_brush_rle
 from storage.labelstudio.client import LabelStudioClient
-from storage.labelstudio.convert import mask_to_brush_rle
 from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.settings import Settings
 from storage.version_export import export_version

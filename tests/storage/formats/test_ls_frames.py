@@ -8,8 +8,8 @@ import pytest
 from model.masks import mask_to_rle
 from model.tracks import Track, TrackFrame, VideoTracks
 from storage.formats.ls_frames import frame_tasks, task_key_frames
+from storage.labelstudio.brush import brush_rle_to_mask
 from storage.labelstudio.config import LabelConfig, image_label_config
-from storage.labelstudio.convert import brush_rle_to_mask
 
 H, W = 12, 16
 

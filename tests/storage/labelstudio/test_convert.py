@@ -8,16 +8,20 @@ from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 
 from model.instances import Instances
 from model.masks import mask_to_rle
-from storage.labelstudio.convert import (
+from storage.labelstudio.brush import (
     _runs,
-    box_to_percent,
     brush_rle_to_mask,
     coco_counts,
+    coco_counts_to_brush_rles,
     coco_rle_to_brush_rle,
     decode_brush_rle,
     encode_brush_runs,
-    instances_to_results,
+    encode_brush_streams,
     mask_to_brush_rle,
+)
+from storage.labelstudio.convert import (
+    box_to_percent,
+    instances_to_results,
     records_to_results,
     result_to_mask,
     results_to_instances,
@@ -248,6 +252,48 @@ def test_coco_rle_to_brush_rle_is_byte_identical_to_encoding_the_decoded_mask(na
 def test_coco_rle_to_brush_rle_rejects_counts_that_do_not_fit_the_size(rle: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         coco_rle_to_brush_rle(rle)
+
+
+BATCHES = {
+    "no masks": (4, 6, []),
+    "one empty": (4, 6, [np.zeros((4, 6), bool)]),
+    "empty, full, empty": (4, 6, [np.zeros((4, 6), bool), np.ones((4, 6), bool), np.zeros((4, 6), bool)]),
+    "one row": (1, 9, [np.arange(9) % 3 == 0, np.arange(9) > 4]),
+    "one column": (9, 1, [np.arange(9)[:, None] % 2 == 0, np.arange(9)[:, None] < 3]),
+    "1x1 each way": (1, 1, [np.ones((1, 1), bool), np.zeros((1, 1), bool), np.ones((1, 1), bool)]),
+    "corners side by side": (5, 4, [m for m in CORNERS.values() if m.shape == (5, 4)]),
+    "random same-size masks": (17, 13, [RNG.random((17, 13)) < p for p in (0.0, 0.1, 0.5, 0.9, 1.0)]),
+    "a photo's worth of blobs": (480, 640, [np.roll(_blob(480, 640), k * 37, axis=k % 2) for k in range(12)]),
+}
+
+
+@pytest.mark.parametrize("name", list(BATCHES))
+@pytest.mark.parametrize("zero_runs", [False, True], ids=["pycocotools counts", "with zero-length runs"])
+def test_coco_counts_to_brush_rles_of_many_masks_equals_each_mask_encoded_alone(name: str, zero_runs: bool) -> None:
+    height, width, masks = BATCHES[name]
+    counts = [coco_counts(mask_to_rle(np.asarray(m).reshape(height, width))["counts"]) for m in masks]
+    if zero_runs:  # legal in a COCO list: a run of 0 between two runs of the same value, trailing 0s
+        counts = [np.concatenate(([0, 0], c[:1], [0, 0], c[1:], [0])) for c in counts]
+    expected = [mask2rle(np.asarray(m).reshape(height, width).astype(np.uint8) * 255) for m in masks]
+    assert coco_counts_to_brush_rles(counts, height, width) == expected
+
+
+def test_coco_counts_to_brush_rles_rejects_a_mask_whose_counts_do_not_fit() -> None:
+    good = coco_counts(mask_to_rle(_blob(4, 6))["counts"])
+    with pytest.raises(ValueError, match="cover 23 pixels, its size 4x6 is 24"):
+        coco_counts_to_brush_rles([good, np.array([3, 20])], 4, 6)
+    with pytest.raises(ValueError, match="negative"):
+        coco_counts_to_brush_rles([np.array([30, -6])], 4, 6)
+
+
+def test_encode_brush_streams_writes_each_stream_as_the_sdk_encodes_it_alone() -> None:
+    arrays = [np.zeros(1, np.uint8), RNG.integers(0, 3, 70001).astype(np.uint8), np.full(300, 255, np.uint8)]
+    runs = [_runs(a) for a in arrays]
+    owner = np.concatenate([np.full(len(lengths), k) for k, (lengths, _) in enumerate(runs)])
+    streams = encode_brush_streams(
+        np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs]), owner, [len(a) for a in arrays]
+    )
+    assert streams == [encode_rle(a) for a in arrays]
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from model.tracks import Track, TrackFrame, VideoTracks
 from storage.annotation.items import EncodedInstances, ImportItem, model_version_string
 from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio import importer
+from storage.labelstudio.brush import brush_rle_to_mask
 from storage.labelstudio.client import LabelStudioClient
-from storage.labelstudio.convert import brush_rle_to_mask
 from storage.labelstudio.importer import ensure_project, import_predictions
 from storage.labelstudio.payload import batch_indices as _batches
 
