@@ -413,6 +413,14 @@ def main() -> None:
         f"| **worker total (flow + helper)** | {_mr([1000 * sum(r.cpu.get(k, 0) for k in worker) for r in rounds], 1)} |"
     )
     print(f"| **everything** | {_mr([1000 * sum(r.cpu.values()) for r in rounds], 1)} |")
+    if rounds:
+        per_image = statistics.median(sum(r.cpu.get(k, 0) for k in worker) for r in rounds)
+        cores = os.cpu_count() or 1
+        print(
+            f"\nestimate, not measured: with Label Studio, S3 and Prefect on other machines, {cores} cores of worker "
+            f"could pass at most {cores / per_image:.0f} images/s ({1000 * per_image:.0f} worker CPU-ms per image); "
+            f"one flow's busiest process is its bound below that (see docs/prelabel-throughput.md)"
+        )
 
 
 def _mr(values: list[float], digits: int = 1) -> str:
