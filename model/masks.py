@@ -23,12 +23,37 @@ def _check_stack(masks: np.ndarray) -> np.ndarray:
 
 
 def masks_to_rles(masks: np.ndarray) -> list[RLE]:
-    """Encode (N, H, W) bool masks to COCO RLE in one vectorised pycocotools call."""
+    """Encode (N, H, W) bool masks to COCO RLE (pycocotools' compressed counts, byte-identical to its ``encode``).
+
+    COCO's runs go down the columns. Instead of a column-major copy of the stack (the slowest step for full-size
+    masks: ~14 ms for a photo's 50 masks), the places where the value changes are found in the row-major stack
+    itself (each row against the row above, each column's top against the previous column's bottom), sorted into
+    column-major order, and the run lengths handed to pycocotools to compress."""
     masks = _check_stack(masks)
-    if masks.shape[0] == 0:
+    n, height, width = masks.shape
+    total = height * width
+    if n == 0:
         return []
-    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).view(np.uint8)))  # one copy, not two
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in encoded]
+    if total == 0:
+        encoded = mask_utils.encode(np.zeros((height, width, n), np.uint8, order="F"))
+        return [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in encoded]
+    m = np.ascontiguousarray(masks).view(np.uint8)
+    inner = np.flatnonzero(m[:, 1:, :] != m[:, :-1, :])  # pixel (r, c) differs from (r - 1, c), r >= 1
+    per_mask = (height - 1) * width
+    owner, place = (inner // per_mask, inner % per_mask) if per_mask else (inner, inner)
+    changes = [owner * total + (place % width) * height + place // width + 1]
+    if width > 1:  # the top of column c differs from the bottom of column c - 1
+        tops = np.flatnonzero(m[:, 0, 1:] != m[:, height - 1, :-1])
+        changes.append((tops // (width - 1)) * total + (tops % (width - 1) + 1) * height)
+    starts = np.arange(n) * total
+    bounds = np.sort(np.concatenate((starts, *changes)))  # column-major, mask by mask
+    lengths = np.diff(np.append(bounds, n * total))
+    sizes = np.bincount(bounds // total, minlength=n)
+    runs = np.split(lengths, np.cumsum(sizes)[:-1])
+    on = m[:, 0, 0].astype(bool).tolist()  # COCO's first run is of 0s: an empty one when the mask starts on
+    objs = [{"size": [height, width], "counts": [0] * first + r.tolist()} for first, r in zip(on, runs, strict=True)]
+    encoded = mask_utils.frPyObjects(objs, height, width)
+    return [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
 def mask_to_rle(mask: np.ndarray) -> RLE:

@@ -54,6 +54,26 @@ def test_rle_round_trip_and_pycocotools_decode_equal_the_mask(name: str) -> None
     assert rle_area(rle) == int(mask.sum())
 
 
+STACKS = {
+    "1x1 off, on": np.array([[[False]], [[True]]]),
+    "one row": np.array([[[True, False, True, True]], [[False, False, False, True]]]),
+    "one column": np.array([[[True], [False], [True]], [[False], [True], [True]]]),
+    "empty and full": np.stack([np.zeros((3, 4), bool), np.ones((3, 4), bool)]),
+    "a run across columns": np.stack([SHAPES["border_frame"], ~SHAPES["border_frame"]]),
+    "every shape of one size": np.stack([SHAPES[k] for k in ("ring_hole",)] * 2),
+    "random": np.random.default_rng(3).random((6, 17, 23)) < 0.4,
+    "photo-sized": np.random.default_rng(4).random((3, 480, 640)) < 0.01,
+    "no pixels (0 x 5)": np.zeros((2, 0, 5), bool),
+}
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+def test_masks_to_rles_is_byte_identical_to_pycocotools_encode(name: str) -> None:
+    masks = STACKS[name]
+    expected = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    assert masks_to_rles(masks) == [{"size": list(masks.shape[1:]), "counts": r["counts"].decode()} for r in expected]
+
+
 def test_batched_rles_round_trip_and_uncompressed_counts_decode() -> None:
     masks = np.stack([SHAPES["ring_hole"], np.zeros((5, 5), bool), np.ones((5, 5), bool)])
     assert np.array_equal(rles_to_masks(masks_to_rles(masks)), masks)
