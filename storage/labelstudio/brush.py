@@ -222,10 +222,12 @@ def coco_counts_to_brush_rles(counts: Sequence[np.ndarray], height: int, width: 
     flat = np.concatenate([np.asarray(c, np.int64) for c in counts])
     mask_of = np.repeat(np.arange(n), [len(c) for c in counts])
     sums = np.bincount(mask_of, weights=flat, minlength=n).astype(np.int64)
-    for k in np.flatnonzero(sums != total)[:1]:
+    wrong_sum, negative = np.flatnonzero(sums != total), mask_of[flat < 0]
+    if wrong_sum.size:
+        k = int(wrong_sum[0])
         raise ValueError(f"COCO RLE counts of mask {k} cover {sums[k]} pixels, its size {height}x{width} is {total}")
-    for k in mask_of[flat < 0][:1]:
-        raise ValueError(f"COCO RLE counts of mask {k} have a negative run")
+    if negative.size:
+        raise ValueError(f"COCO RLE counts of mask {int(negative[0])} have a negative run")
     if total == 0:
         return [mask_to_brush_rle(np.zeros((height, width), bool)) for _ in range(n)]
     # column-major places where each mask's value changes, as sorted keys mask * total + place
