@@ -38,6 +38,7 @@ docs/prelabel-throughput.md has the tables, what limits the rate and the cores a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import json
@@ -186,6 +187,13 @@ class Round:
     model_thread: float = 0.0  # seconds per image the model thread spent on other things than the model
 
 
+def heartbeats_on() -> Any:
+    """Prefect's default flow-run heartbeat frequency, as in a run a worker starts."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(restore_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=256, help="images per run (the photos cycled under new keys)")
@@ -203,6 +211,12 @@ def main() -> None:
         "and catalog write of its batch: the pipeline's structure before 2026-12-06)",
     )
     parser.add_argument("--empty-runs", type=int, default=3, help="runs of an empty flow: Prefect's own floor")
+    parser.add_argument(
+        "--heartbeats",
+        action="store_true",
+        help="keep Prefect's flow-run heartbeats on, as in a run a worker starts (the default runs flows as "
+        "`maskloop prelabel` does: flows.terminal.attended_runs)",
+    )
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the one-image runs (the flow's thread)")
     parser.add_argument("--s3", choices=("seaweedfs", "moto"), default="seaweedfs")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared real-media folder")
@@ -230,6 +244,7 @@ def main() -> None:
     import tasks.models
     import tasks.prelabel
     from benchmarks.bench_s3 import moto, seaweed
+    from flows.terminal import attended_runs
     from model.loading import checkpoint_identity
     from storage.labelstudio.server import LabelStudioServer
     from storage.s3 import make_client
@@ -261,6 +276,7 @@ def main() -> None:
             s3_server as s3_settings,
             LabelStudioServer(tmp / "ls") as ls,
             prefect_test_harness(server_startup_timeout=120),
+            contextlib.nullcontext() if args.heartbeats else attended_runs(),
         ):
             from flows.prelabel import prelabel_flow
             from storage.params import PrelabelParams
@@ -297,10 +313,13 @@ def main() -> None:
                 return None
 
             empty: list[float] = []
+            beating: list[float] = []  # the same with Prefect's heartbeats on, alternating
             for _ in range(args.empty_runs):
-                start = time.perf_counter()
-                empty_flow()
-                empty.append(time.perf_counter() - start)
+                for times, settings_context in ((empty, contextlib.nullcontext()), (beating, heartbeats_on())):
+                    with settings_context:
+                        start = time.perf_counter()
+                        empty_flow()
+                        times.append(time.perf_counter() - start)
 
             class StoreOnModelThread(ThreadPoolExecutor):  # the old predict stage: RLE, catalog rows, then the model
                 def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -399,7 +418,10 @@ def main() -> None:
     for variant in variants:
         inf = [r.rate for r in rounds if r.speed == "inf" and r.variant == variant]
         print(f"\nceiling (stand-in infinitely fast, {variant}): {_mr(inf)} images/s")
-    print(f"Prefect's own floor (an empty flow run, same server): {_mr(empty, 2)} s")
+    print(
+        f"Prefect's own floor (an empty flow run, same server): {_mr(empty, 2)} s "
+        f"{'with' if args.heartbeats else 'without'} flow-run heartbeats, {_mr(beating, 2)} s with Prefect's default"
+    )
     print(
         f"fixed cost per run (one image, infinitely fast stand-in): {_mr([w for w, _, _ in fixed], 2)} s wall, of which "
         f"{_mr([s for _, s, _ in fixed], 2)} s inside the flow body (the rest: Prefect's flow-run start and end); "

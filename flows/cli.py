@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args)
     try:
-        with _stack_prefect_api(args):
+        with _stack_prefect_api(args), _attended(args):
             return int(args.func(args))
     except KeyboardInterrupt:
         return 130
@@ -287,6 +287,16 @@ def _stack_prefect_api(args: argparse.Namespace) -> Iterator[None]:
             yield
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+
+
+# Commands that run flows in this process, watched by the person who started them.
+_FLOW_COMMANDS = frozenset({"discover", "prelabel", "harvest", "active-learning", "demo"})
+
+
+def _attended(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    from flows.terminal import attended_runs
+
+    return attended_runs() if args.command in _FLOW_COMMANDS else contextlib.nullcontext()
 
 
 def _configure_logging(args: argparse.Namespace) -> None:

@@ -4,10 +4,12 @@ log, third-party warnings included, goes to ``<data dir>/logs/maskloop.log``."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -216,3 +218,22 @@ def _log_file(log_dir: Path | None, level: int) -> tuple[Path | None, logging.Ha
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.maskloop = True  # type: ignore[attr-defined]
     return path, handler
+
+
+@contextlib.contextmanager
+def attended_runs() -> Iterator[None]:
+    """Flow runs started in this block (a command at the terminal, the demo) run without Prefect's flow-run
+    heartbeats, unless the user configured them (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in the environment or the
+    Prefect profile).
+
+    Heartbeats let a server mark a run crashed when the process that ran it died unseen (a worker's node); here the
+    person who started the command sees it end. Their cost is per run: Prefect's heartbeat thread sleeps in one-second
+    steps and a synchronous flow run joins it when it ends, ~0.8 s on every short run. Runs started by a worker
+    (deployments) keep Prefect's default."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

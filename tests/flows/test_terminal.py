@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from flows.terminal import PROGRESS, STAGE, TerminalProgress, progress_line
+from flows.terminal import PROGRESS, STAGE, TerminalProgress, attended_runs, progress_line
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,62 @@ def test_a_closed_terminal_never_fails_the_logging_call() -> None:
     finally:
         logging.raiseExceptions = raise_exceptions
         logger.removeHandler(handler)
+
+
+def _runs_with_heartbeats(monkeypatch: pytest.MonkeyPatch, runs: int = 1) -> int:
+    """How many of ``runs`` flow runs set up Prefect's heartbeat thread (its event template is built, synchronously,
+    just before the thread starts, and only when heartbeats are on)."""
+    from prefect import flow
+    from prefect.flow_engine import FlowRunEngine
+
+    real = FlowRunEngine._build_heartbeat_event_template
+    built: list[int] = []
+
+    def build(self: FlowRunEngine, *args: object, **kwargs: object) -> object:  # type: ignore[type-arg]
+        built.append(1)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FlowRunEngine, "_build_heartbeat_event_template", build)
+
+    @flow(name="one-step")
+    def one_step() -> int:
+        return 1
+
+    assert [one_step() for _ in range(runs)] == [1] * runs
+    return len(built)
+
+
+def test_flow_runs_started_at_the_terminal_run_without_prefect_heartbeats(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
+        monkeypatch.delenv(name, raising=False)
+    assert _runs_with_heartbeats(monkeypatch) == 1, "Prefect's default, as in a run a worker starts"
+    with attended_runs():
+        assert _runs_with_heartbeats(monkeypatch, runs=2) == 0
+    assert _runs_with_heartbeats(monkeypatch) == 1, "the setting is restored after the block"
+
+
+def test_a_heartbeat_frequency_the_user_set_is_kept_at_the_terminal(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}), attended_runs():  # as from the profile or env
+        assert _runs_with_heartbeats(monkeypatch) == 1
+
+
+@pytest.mark.parametrize(("command", "beats"), [("prelabel", None), ("demo", None), ("stack", 180), ("deploy", 180)])
+def test_cli_runs_only_its_flow_commands_without_heartbeats(
+    monkeypatch: pytest.MonkeyPatch, command: str, beats: int | None
+) -> None:
+    import argparse
+
+    from prefect.settings import get_current_settings
+
+    from flows.cli import _attended
+
+    for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
+        monkeypatch.delenv(name, raising=False)
+    with _attended(argparse.Namespace(command=command)):
+        assert get_current_settings().flows.heartbeat_frequency == beats
