@@ -35,6 +35,8 @@ from pathlib import Path
 
 import httpx
 
+from storage.labelstudio.server_settings import settings_env
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +107,7 @@ def _ls_env(data_dir: Path, creds: Credentials | None, ssrf_protection: bool) ->
         LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
         PYTHONUNBUFFERED="1",
     )
+    env.update(settings_env(data_dir, env.get("PYTHONPATH")))
     if creds is not None:
         env.update(
             LABEL_STUDIO_USERNAME=creds.username,

@@ -59,3 +59,40 @@ def test_missing_executable_names_the_install_script(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="install_label_studio.sh"):
         LabelStudioServer(tmp_path, executable=tmp_path / "nope").start()
     assert not os.listdir(tmp_path)
+
+
+# as `label-studio start` does: Label Studio's package folder on sys.path, then the settings Django is told to load
+SHOW_MIDDLEWARE = (
+    "import os, sys, label_studio; sys.path.insert(0, os.path.dirname(label_studio.__file__)); "
+    "from django.conf import settings; print('\\n'.join(settings.MIDDLEWARE))"
+)
+
+
+def test_the_server_runs_label_studios_settings_without_the_analytics_body_parser(
+    label_studio_server: LabelStudioServer,
+) -> None:
+    """The running server's own environment loads, in Label Studio's interpreter, all of Label Studio's settings
+    (the middleware its ``label_studio`` settings add is there) less ``ContextLogMiddleware``."""
+    import subprocess
+
+    from storage.labelstudio.server_settings import DIR_NAME, DROPPED_MIDDLEWARE, MODULE
+
+    assert label_studio_server.pid is not None
+    raw = Path(f"/proc/{label_studio_server.pid}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    assert env["DJANGO_SETTINGS_MODULE"] == MODULE
+    written = label_studio_server.data_dir / DIR_NAME / f"{MODULE}.py"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    python = Path(label_studio_server.executable).parent / "python"
+    shown = subprocess.run(
+        [str(python), "-c", SHOW_MIDDLEWARE],
+        env=env,
+        cwd=label_studio_server.data_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert "organizations.middleware.DummyGetSessionMiddleware" in shown, "Label Studio's own settings were loaded"
+    assert "core.middleware.DatabaseIsLockedRetryMiddleware" in shown
+    assert not set(DROPPED_MIDDLEWARE) & set(shown)
