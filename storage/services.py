@@ -6,7 +6,8 @@ instead of rebuilding clients from ``settings`` and a catalog URL. Each kind of 
 its client (:mod:`storage.retry`), so nothing here retries.
 
 It crosses into the pre-label flow's I/O helper process by pickling as its settings (:meth:`__reduce__`): the
-child rebuilds its own connections (without migrating) rather than inheriting sockets.
+child rebuilds its own connections (without migrating) rather than inheriting sockets, once per settings for all of
+its calls (``storage/io_helper/worker.py``).
 """
 
 from __future__ import annotations

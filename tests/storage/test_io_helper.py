@@ -18,6 +18,8 @@ from botocore.exceptions import ClientError
 
 from storage.io_helper.process import IoProcess
 from storage.labelstudio.client import LabelStudioError
+from storage.services import Services
+from storage.settings import Settings
 from tasks.prelabel import is_transient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,11 @@ def touch(path: str) -> None:
 def sleep_then_touch(path: str, seconds: float) -> None:
     time.sleep(seconds)
     Path(path).touch()
+
+
+def clients_of(services: Services) -> tuple[int, int, int]:
+    """The helper process's pid and the identities of the S3 client and catalog engine a call was given."""
+    return os.getpid(), id(services.s3), id(services.catalog.engine)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +166,8 @@ def test_calls_fall_back_to_the_calling_thread_once_the_helper_is_gone() -> None
 _PARENT = """
 import os, sys, time
 from storage.io_helper.process import IoProcess
+from storage.services import Services
+from storage.settings import Settings
 from tests.storage.test_io_helper import sleep_then_touch
 io = IoProcess(); io.start(); assert io.wait_ready(60)
 print(io.pid, flush=True)
@@ -203,3 +212,22 @@ def test_closing_a_helper_that_is_not_ready_yet_does_not_wait_for_its_start() ->
     helper.close()
     assert time.monotonic() - started < 0.5
     assert _gone(pid)
+
+
+def test_calls_with_the_same_settings_share_the_helpers_clients_and_other_settings_get_their_own(
+    io: IoProcess, tmp_path: Path
+) -> None:
+    def services(name: str, secret: str) -> Services:
+        settings = Settings(
+            data_dir=tmp_path / name,
+            s3_endpoint_url="http://127.0.0.1:9",
+            s3_access_key_id="key",
+            s3_secret_access_key=secret,  # type: ignore[arg-type]
+        )
+        return Services(settings)
+
+    first, other_secret = services("a", "one"), services("a", "two")
+    calls = [io.call(clients_of, first) for _ in range(3)]
+    assert all(pid != os.getpid() for pid, _, _ in calls), "the calls ran in the helper"
+    assert len(set(calls)) == 1, "one S3 client and one catalog engine for every call with these settings"
+    assert io.call(clients_of, other_secret) != calls[0], "settings that differ (a secret) do not share clients"
