@@ -25,13 +25,17 @@ drift hits all of them alike):
 
 ``--variants new,old`` alternates the flow as it is with the pipeline's old structure (imports one after another,
 the model thread waiting for its batch's COCO RLE and catalog write), put back in this process only; ``--empty-runs``
-times an empty Prefect flow on the same server (Prefect's own floor per run); ``--profile`` writes cProfile stats of
-the one-image runs.
+times an empty Prefect flow on the same server (Prefect's own floor per run), without and with Prefect's flow-run
+heartbeats; ``--profile`` writes cProfile stats of the one-image runs. Flows run as ``maskloop prelabel`` runs them
+(``flows.terminal.attended_runs``: no flow-run heartbeats); ``--heartbeats`` keeps Prefect's default, as in a run a
+worker starts.
 
 On 2026-12-06 (2 cores shared with other agents, load 4-10): ceiling 3.4 images/s, the same at every stand-in
 speed; 0.17 CPU-s per photo in the worker (flow + I/O helper), 0.28 with the servers; fixed cost 3.8 s per run.
 After the second pass the same day: fixed cost ~1.2 s (an empty flow: ~1.2 s, Prefect's heartbeat join), 0.34-0.42
 worker CPU-s per run instead of 1.4-1.5; the model thread's time beside the model 17-28 ms per photo instead of 64-113.
+After the fourth pass (quiet machine, 256 photos): ceiling 16.5-18.8 images/s, ~0.047 worker CPU-s per photo, ~0.09
+with the servers; fixed cost 0.46-0.68 s per run (an empty flow without heartbeats: ~0.1 s).
 docs/prelabel-throughput.md has the tables, what limits the rate and the cores a GPU worker needs.
 """
 
