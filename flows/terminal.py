@@ -228,7 +228,7 @@ def attended_runs() -> Iterator[None]:
 
     Heartbeats let a server mark a run crashed when the process that ran it died unseen (a worker's node); here the
     person who started the command sees it end. Their cost is per run: Prefect's heartbeat thread sleeps in one-second
-    steps and a synchronous flow run joins it when it ends, ~0.8 s on every short run. Runs started by a worker
+    steps and a synchronous flow run joins it when it ends: up to 1 s (~0.9 s) added to every short run. Runs started by a worker
     (deployments) keep Prefect's default."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import pickle
 import sys
 import threading
 import time
@@ -71,18 +70,19 @@ class _SharedServices:
     flow's own process. They go with the helper process."""
 
     def __init__(self) -> None:
-        self._kept: dict[bytes, Services] = {}
+        self._kept: list[Services] = []
         self._lock = threading.Lock()
 
     def swap(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(self._kept_for(arg) if isinstance(arg, Services) else arg for arg in args)
 
     def _kept_for(self, fresh: Services) -> Services:
-        key = pickle.dumps(fresh.settings)  # every field, secrets included: settings that differ never share
-        with self._lock:
-            kept = self._kept.setdefault(key, fresh)
-        if kept is not fresh:
-            fresh.close()  # its catalog engine never connected; its clients were never made
+        with self._lock:  # settings compare field by field, secrets included: settings that differ never share
+            kept = next((k for k in self._kept if k.settings == fresh.settings), None)
+            if kept is None:
+                self._kept.append(fresh)
+                return fresh
+        fresh.close()  # its catalog engine never connected; its clients were never made
         return kept
 
 
