@@ -66,6 +66,19 @@ SPEEDS = ("10", "30", "100", "300", "inf")
 HZ = os.sysconf("SC_CLK_TCK")
 
 
+MASKS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maskloop" / "bench_ceiling.json"
+
+
+def photo_paths(data: Path, unique: int) -> list[Path]:
+    """The first ``unique`` coco128-seg photos under the shared data folder."""
+    return sorted(Path(p) for p in glob.glob(str(data / "coco128-seg" / "images" / "*" / "*.jpg")))[:unique]
+
+
+def strategy_params(points_per_side: int) -> dict[str, Any]:
+    """Everything mode without a score filter: ~50 masks per photo."""
+    return {"points_per_side": points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
 def photo_key(image: np.ndarray) -> str:
     """A cheap identity of a decoded photo (a strided sample of its pixels): how the stand-in finds its masks."""
     return hashlib.blake2b(image[::7, ::7].tobytes() + repr(image.shape).encode(), digest_size=16).hexdigest()
@@ -224,22 +237,18 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the one-image runs (the flow's thread)")
     parser.add_argument("--s3", choices=("seaweedfs", "moto"), default="seaweedfs")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared real-media folder")
-    parser.add_argument(
-        "--masks-cache",
-        type=Path,
-        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maskloop" / "bench_ceiling.json",
-    )
+    parser.add_argument("--masks-cache", type=Path, default=MASKS_CACHE)
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     speeds = args.speeds.split(",")
     variants = args.variants.split(",")
-    paths = sorted(Path(p) for p in glob.glob(str(args.data / "coco128-seg" / "images" / "*" / "*.jpg")))[: args.unique]
+    paths = photo_paths(args.data, args.unique)
     if not paths:
         parser.error(f"no photos under {args.data / 'coco128-seg'}")
-    strategy_params = {"points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-    masks = precompute_masks(paths, strategy_params, args.masks_cache, threads=max(1, (os.cpu_count() or 2) - 1))
+    params = strategy_params(args.points_per_side)
+    masks = precompute_masks(paths, params, args.masks_cache, threads=max(1, (os.cpu_count() or 2) - 1))
     blobs = [p.read_bytes() for p in paths]
     per_photo = statistics.mean(len(m) for m in masks.values())
 
@@ -347,9 +356,7 @@ def main() -> None:
                 kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
                 result = prelabel_flow(
-                    PrelabelParams(
-                        source=f"s3://bench/{prefix}", batch_size=args.batch, strategy_params=strategy_params
-                    ),
+                    PrelabelParams(source=f"s3://bench/{prefix}", batch_size=args.batch, strategy_params=params),
                     settings=settings,
                 )
                 wall = time.perf_counter() - start

@@ -14,7 +14,6 @@ request), median (range) of the rounds, and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import statistics
 import tempfile
@@ -24,7 +23,7 @@ from unittest import mock
 
 import httpx
 
-from benchmarks.bench_ceiling import DATA, precompute_masks, proc_cpu
+from benchmarks.bench_ceiling import DATA, MASKS_CACHE, photo_paths, precompute_masks, proc_cpu, strategy_params
 
 
 def main() -> None:
@@ -32,11 +31,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--photos", type=int, default=16, help="tasks per import request")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument(
-        "--masks-cache",
-        type=Path,
-        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maskloop" / "bench_ceiling.json",
-    )
+    parser.add_argument("--masks-cache", type=Path, default=MASKS_CACHE)
     args = parser.parse_args()
 
     from storage.annotation.items import ImportItem
@@ -44,11 +39,14 @@ def main() -> None:
     from storage.labelstudio.config import LabelConfig, image_label_config
     from storage.labelstudio.payload import results_for, task_json
 
-    paths = sorted(Path(p) for p in glob.glob(str(args.data / "coco128-seg" / "images" / "*" / "*.jpg")))[:32]
+    paths = photo_paths(args.data, 32)
     if not paths:
         parser.error(f"no photos under {args.data / 'coco128-seg'}")
-    params = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}  # as bench_ceiling's
-    masks = list(precompute_masks(paths, params, args.masks_cache, threads=max(1, (os.cpu_count() or 2) - 1)).values())
+    masks = list(
+        precompute_masks(
+            paths, strategy_params(8), args.masks_cache, threads=max(1, (os.cpu_count() or 2) - 1)
+        ).values()
+    )
     label_config = image_label_config(["object"])
     config = LabelConfig.parse(label_config)
     blobs = []
