@@ -24,7 +24,8 @@ drift hits all of them alike):
   events, logs), and each server process (S3, Label Studio, Prefect). The stand-in's own CPU is left out.
 
 ``--variants new,old`` alternates the flow as it is with the pipeline's old structure (imports one after another,
-the model thread waiting for its batch's COCO RLE and catalog write), put back in this process only; ``--empty-runs``
+the model thread decoding its batch and waiting for its COCO RLE and catalog write), put back in this process only
+(``--variants new,decode-on-model-thread``: only the decode moved back); ``--empty-runs``
 times an empty Prefect flow on the same server (Prefect's own floor per run), without and with Prefect's flow-run
 heartbeats; ``--profile`` writes cProfile stats of the one-image runs. Flows run as ``maskloop prelabel`` runs them
 (``flows.terminal.attended_runs``: no flow-run heartbeats); ``--heartbeats`` keeps Prefect's default, as in a run a
@@ -223,9 +224,10 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="new",
-        help="comma list, rounds alternate (an A/B in one invocation): 'new' (the flow as it is), 'serial-imports' "
-        "(each import waits for the previous one), 'old' (that, and the model thread also waits for the COCO RLE "
-        "and catalog write of its batch: the pipeline's structure before 2026-12-06)",
+        help="comma list, rounds alternate (an A/B in one invocation): 'new' (the flow as it is), "
+        "'decode-on-model-thread' (the model thread queries and decodes its batch itself, as before the fifth pass), "
+        "'serial-imports' (each import waits for the previous one), 'old' (both, and the model thread also waits "
+        "for the COCO RLE and catalog write of its batch: the pipeline's structure before 2026-12-06)",
     )
     parser.add_argument("--empty-runs", type=int, default=3, help="runs of an empty flow: Prefect's own floor")
     parser.add_argument(
@@ -273,9 +275,8 @@ def main() -> None:
     def timed(call: Any, fn: Any, *args: Any) -> Any:
         in_child = bool(getattr(getattr(call, "__self__", None), "ready", False))
         report = real_timed(call, fn, *args)
-        reports.append(
-            (fn.__module__.rsplit(".", 1)[-1] + ("" if fn.__name__ != "store" else ":store"), in_child, report)
-        )
+        stage = {"store": "predict:store", "prepare": "prepare"}.get(fn.__name__, fn.__module__.rsplit(".", 1)[-1])
+        reports.append((stage, in_child, report))
         return report
 
     tasks.prelabel._timed = timed  # type: ignore[assignment]
@@ -309,7 +310,8 @@ def main() -> None:
 
             import flows.prelabel
 
-            overlapped, store_thread = flows.prelabel.import_batch, getattr(flows.prelabel, "store_thread", None)
+            overlapped, store_thread = flows.prelabel.import_batch, flows.prelabel.store_thread
+            prepare_thread = flows.prelabel.prepare_thread
 
             class SerialImports:  # the old chain: every import waits for the one before (wait_for the last)
                 last: Any = None
@@ -340,11 +342,26 @@ def main() -> None:
                     future.exception()
                     return future
 
+            @dataclass
+            class OnResult:  # a future that runs its call when asked for the result, in the asking thread
+                call: Any
+
+                def result(self) -> Any:
+                    return self.call()
+
+            class PrepareOnModelThread(ThreadPoolExecutor):  # the old model thread: it decoded its own batch first
+                def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+                    return OnResult(lambda: fn(*args, **kwargs))
+
             def run(speed: str, n: int, variant: str = "new") -> tuple[Round, Any]:
                 SerialImports.last = None
                 serial = variant in ("serial-imports", "old")
+                decode_inline = variant in ("decode-on-model-thread", "old")
                 flows.prelabel.import_batch = SerialImports() if serial else overlapped  # type: ignore[assignment]
                 flows.prelabel.store_thread = (lambda: StoreOnModelThread(1)) if variant == "old" else store_thread  # type: ignore[assignment]
+                flows.prelabel.prepare_thread = (  # type: ignore[assignment]
+                    (lambda: PrepareOnModelThread(1)) if decode_inline else prepare_thread
+                )
                 prefix = f"in{next(counter)}/"
                 for i in range(n):
                     client.put_object(Bucket="bench", Key=f"{prefix}{i:05d}.jpg", Body=blobs[i % len(blobs)])
@@ -372,7 +389,11 @@ def main() -> None:
                 for stage_fn, in_child, report in reports:
                     stage = stage_fn.split(":")[0]
                     cpu[f"{stage} stage body"] += report.cpu_seconds
-                    if stage_fn == "predict" or (stage_fn == "predict:store" and variant == "old"):
+                    if (
+                        stage_fn == "predict"
+                        or (stage_fn == "predict:store" and variant == "old")
+                        or (stage_fn == "prepare" and decode_inline)
+                    ):
                         model_thread += report.seconds  # the model thread ran it, or waited for it
                     if stage == "predict":
                         continue

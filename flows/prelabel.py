@@ -1,8 +1,9 @@
 """Flow ``prelabel``: bucket → SAM 2 → Label Studio, resumable and overlapped.
 
-Discover new asset revisions, then per batch: fetch (threads) → segment (the model, in the flow's thread) →
-import into Label Studio (threads). The fetch and import bodies run in a helper process (:mod:`storage.io_helper.process`). While batch k is being segmented, batch k+1 is downloaded and batch k-1 is
-imported. Kill it at any point and run it again: nothing already imported is lost or imported twice.
+Discover new asset revisions, then per batch: fetch (threads) → decode (a thread) → segment (the model, in the
+flow's thread) → store (a thread) → import into Label Studio (threads). The fetch and import bodies run in a helper
+process (:mod:`storage.io_helper.process`). While batch k is being segmented, batch k+1 is downloaded and decoded and
+batches k-1 and k-2 are imported. Kill it at any point and run it again: nothing already imported is lost or imported twice.
 """
 
 from __future__ import annotations
@@ -27,10 +28,19 @@ from storage.catalog.runs import recorded_run
 from storage.io_helper.process import IoProcess
 from storage.params import PrelabelParams
 from storage.prelabel import plan
+from storage.prelabel.predict import Prepared
 from storage.services import Services
 from storage.settings import Settings
 from tasks.discovery import discover_assets
-from tasks.prelabel import fetch_batch, import_batch, open_job, plan_batches, segment_batch, store_predictions
+from tasks.prelabel import (
+    fetch_batch,
+    import_batch,
+    open_job,
+    plan_batches,
+    prepare_batch,
+    segment_batch,
+    store_predictions,
+)
 
 # Batch progress for terminals: ``maskloop prelabel`` draws a bar from these records (extra: done, total, assets).
 progress_log = logging.getLogger("maskloop.progress")
@@ -153,6 +163,20 @@ def store_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskloop-store")
 
 
+def prepare_thread() -> ThreadPoolExecutor:
+    """The thread that makes each fetched batch ready for the model (catalog query, image decode) while the model
+    works on the batch before."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskloop-prepare")
+
+
+def _fetched_and_prepared(
+    services: Services, fetched: PrefectFuture[plan.StageReport], model_version: str
+) -> tuple[plan.StageReport, Prepared]:
+    """Wait for a batch's download, then prepare what it fetched (in the prepare thread)."""
+    got = fetched.result()
+    return got, prepare_batch(services, got.ok, model_version)
+
+
 def run_batches(
     services: Services,
     run_id: int,
@@ -163,28 +187,39 @@ def run_batches(
     gpu_limit: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> int:
-    """The pre-label pipeline over ``batches``: batch k+1 downloads while batch k is on the model (in the flow's
-    thread, inside a ``gpu_limit`` slot when given; its masks are then stored in a thread) and batches k-1 and k-2
-    are imported into Label Studio. The download and import bodies run in an I/O helper process
-    (``settings.io_process``) so they do not slow the model thread down.
+    """The pre-label pipeline over ``batches``: batch k+1 downloads and is decoded (a thread) while batch k is on the
+    model (in the flow's thread, inside a ``gpu_limit`` slot when given; its masks are then stored in a thread) and
+    batches k-1 and k-2 are imported into Label Studio (so one batch of decoded images waits beside the model's). The
+    download and import bodies run in an I/O helper process (``settings.io_process``) so they do not slow the model
+    thread down.
     ``counts`` (done, failed, instances, skipped, stage seconds) is updated as batches finish, so a crash leaves what
     was counted. Returns how many I/O calls ran in the helper process (the rest ran in threads while it started)."""
     settings = services.settings
     helper = settings.io_process and len(batches) >= IO_PROCESS_MIN_BATCHES
-    with IoProcess(enabled=helper, wait_ready_s=settings.io_process_wait_s) as io, store_thread() as storer:
-        fetched: dict[int, PrefectFuture[plan.StageReport]] = {}
+    with (
+        IoProcess(enabled=helper, wait_ready_s=settings.io_process_wait_s) as io,
+        store_thread() as storer,
+        prepare_thread() as preparer,
+    ):
+        ready_for_model: dict[int, Future[tuple[plan.StageReport, Prepared]]] = {}
         stores: list[Future[plan.StageReport]] = []
         imports: list[PrefectFuture[plan.StageReport]] = []
+
+        def fetch_and_prepare(k: int) -> None:
+            fetched = fetch_batch.submit(services, run_id, batches[k], io)
+            ready_for_model[k] = preparer.submit(_fetched_and_prepared, services, fetched, model_version)
+
         if batches:
-            fetched[0] = fetch_batch.submit(services, run_id, batches[0], io)
+            fetch_and_prepare(0)
         for k in range(len(batches)):
-            got = fetched.pop(k).result()
+            got, prepared = ready_for_model.pop(k).result()
             counts["fetch_seconds"] += got.seconds
-            if k + 1 < len(batches):  # download batch k+1 while batch k is on the model (not before: k goes first)
-                fetched[k + 1] = fetch_batch.submit(services, run_id, batches[k + 1], io)
+            counts["model_seconds"] += prepared.seconds
+            if k + 1 < len(batches):  # batch k+1 downloads and decodes while batch k is on the model (k goes first)
+                fetch_and_prepare(k + 1)
             counts["failed"] += len(got.failed)
             with gpu_slot(gpu_limit):
-                seg = segment_batch(services, run_id, got.ok, params, model_version)
+                seg = segment_batch(services, prepared, params, model_version)
             counts["model_seconds"] += seg.seconds
             counts["failed"] += len(seg.failed)
             counts["instances"] += seg.instances

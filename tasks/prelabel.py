@@ -117,17 +117,24 @@ def fetch_batch(services: Services, run_id: int, asset_ids: list[int], io: IoPro
     return report
 
 
+def prepare_batch(services: Services, asset_ids: list[int], model_version: str) -> predict.Prepared:
+    """A fetched batch made ready for the model: which assets still lack this model version's prediction, their
+    images decoded. Not a task of its own (a task run costs ~5 API calls, and nothing here needs a retry the catalog
+    layer does not give): the flow runs it in a thread while the model works on the batch before."""
+    return cast(predict.Prepared, _timed(_here, predict.prepare, services, asset_ids, model_version))
+
+
 # No task tag here: a tag costs a concurrency-slot API round trip per call (~1-3 s on a busy server). Model work across
 # workers is capped by the global concurrency limit `gpu`, one slot held around each batch (flows.prelabel.gpu_slot).
 @task(name="segment-batch", cache_policy=NO_CACHE)
 def segment_batch(
-    services: Services, run_id: int, asset_ids: list[int], params: PrelabelParams, model_version: str
+    services: Services, prepared: predict.Prepared, params: PrelabelParams, model_version: str
 ) -> predict.Predicted:
-    """The model's part of a batch, in the calling (model) thread: decode and predict; nothing stored yet. Pass the
-    result to :func:`store_predictions` (another thread), so the masks' COCO RLE and the catalog write of batch k
-    run while the model works on batch k+1."""
+    """The model's part of a batch, in the calling (model) thread: the model on a :func:`prepare_batch`\ ed batch;
+    nothing stored yet. Pass the result to :func:`store_predictions` (another thread), so the masks' COCO RLE and the
+    catalog write of batch k run while the model works on batch k+1."""
     models = Models.load(services.settings, params.model_id, params.strategy)
-    report = _timed(_here, predict.predict, services, run_id, asset_ids, model_version, models.predictor(params))
+    report = _timed(_here, predict.predict, services, prepared, models.predictor(params))
     get_run_logger().info(
         "segmented %d assets -> %d instances (%d failed, %d already done) in %.2fs",
         len(report.ok),

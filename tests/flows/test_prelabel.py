@@ -82,6 +82,48 @@ def test_prelabel_puts_images_and_video_into_label_studio_and_skips_bad_object(
     assert len(ls_tasks(ls_client, catalog, f"{project} (images)")) == 5
 
 
+def test_the_next_batch_is_decoded_in_its_own_thread_while_the_model_works_on_the_batch_before(
+    prefect_api: str,
+    flow_settings: Settings,
+    bucket: str,
+    fill_bucket: Callable[..., dict[str, list[str]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from flows.prelabel import prelabel_flow
+    from storage.prelabel import predict
+
+    fill_bucket(images=3, videos=0, broken=0)
+    real_prepare, real_predict = predict.prepare, predict.predict
+    prepare_threads: list[str] = []
+    began = [threading.Event() for _ in range(3)]  # the prepare of batch i began
+    model_threads: list[str] = []
+    next_began_during_model: list[bool] = []
+
+    def prepare(*args: Any) -> predict.Prepared:
+        prepare_threads.append(threading.current_thread().name)
+        began[len(prepare_threads) - 1].set()
+        return real_prepare(*args)
+
+    def model_step(*args: Any) -> predict.Predicted:
+        k = len(model_threads)
+        model_threads.append(threading.current_thread().name)
+        if k + 1 < len(began):  # on the model thread, batch k+1's decode could not begin before this returns
+            next_began_during_model.append(began[k + 1].wait(timeout=20))
+        return real_predict(*args)
+
+    monkeypatch.setattr(predict, "prepare", prepare)
+    monkeypatch.setattr(predict, "predict", model_step)
+    params = PrelabelParams(source=f"s3://{bucket}/in/", batch_size=1, strategy_params=LOOSE)
+    result = prelabel_flow(params, settings=flow_settings)
+
+    assert (result.count("assets"), result.count("done"), result.count("failed")) == (3, 3, 0)
+    assert next_began_during_model == [True, True], "batch k+1 was not decoded while batch k was on the model"
+    assert all(name.startswith("maskloop-prepare") for name in prepare_threads), prepare_threads
+    assert len(set(model_threads)) == 1 and not model_threads[0].startswith("maskloop-prepare"), model_threads
+
+
 def test_object_deleted_after_listing_is_recorded_and_the_run_goes_on(
     prefect_api: str,
     flow_settings: Settings,
