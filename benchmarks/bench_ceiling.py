@@ -36,7 +36,8 @@ speed; 0.17 CPU-s per photo in the worker (flow + I/O helper), 0.28 with the ser
 After the second pass the same day: fixed cost ~1.2 s (an empty flow: ~1.2 s, Prefect's heartbeat join), 0.34-0.42
 worker CPU-s per run instead of 1.4-1.5; the model thread's time beside the model 17-28 ms per photo instead of 64-113.
 After the fourth pass (quiet machine, 256 photos): ceiling 16.5-18.8 images/s, ~0.047 worker CPU-s per photo, ~0.09
-with the servers; fixed cost 0.46-0.76 s per run (an empty flow without heartbeats: ~0.1 s).
+with the servers; fixed cost 0.46-0.76 s per run (an empty flow without heartbeats: ~0.1 s). After the fifth pass
+(the decode in its own thread): ratio 0.940 at 10 images/s (0.910 with ``decode-on-model-thread``), 0.60 at 30.
 docs/prelabel-throughput.md has the tables, what limits the rate and the cores a GPU worker needs.
 """
 
