@@ -3,7 +3,8 @@
 Discover new asset revisions, then per batch: fetch (threads) → decode (a thread) → segment (the model, in the
 flow's thread) → store (a thread) → import into Label Studio (threads). The fetch and import bodies run in a helper
 process (:mod:`storage.io_helper.process`). While batch k is being segmented, batch k+1 is downloaded and decoded and
-batches k-1 and k-2 are imported. Kill it at any point and run it again: nothing already imported is lost or imported twice.
+batches k-1 and k-2 are imported. Kill it at any point and run it again: nothing already imported is lost or
+imported twice.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def prepare_batch(services: Services, asset_ids: list[int], model_version: str) 
 def segment_batch(
     services: Services, prepared: predict.Prepared, params: PrelabelParams, model_version: str
 ) -> predict.Predicted:
-    """The model's part of a batch, in the calling (model) thread: the model on a :func:`prepare_batch`\ ed batch;
+    """The model's part of a batch, in the calling (model) thread: the model on a batch from :func:`prepare_batch`;
     nothing stored yet. Pass the result to :func:`store_predictions` (another thread), so the masks' COCO RLE and the
     catalog write of batch k run while the model works on batch k+1."""
     models = Models.load(services.settings, params.model_id, params.strategy)

@@ -119,9 +119,9 @@ def prepare(services: Services, asset_ids: Sequence[int], model_version: str) ->
 
 
 def predict(services: Services, prepared: Prepared, model: Predictor) -> Predicted:
-    """The model thread's part of :func:`segment`: run ``model`` on a :func:`prepare`\ d batch's images and track
-    its videos; nothing is stored (the masks' COCO RLE and the catalog rows are :func:`store`'s, which may run in
-    another thread). A video whose tracking raises fails alone (out of memory: transient)."""
+    """The model thread's part of :func:`segment`: run ``model`` on the images of a batch from :func:`prepare`
+    and track its videos; nothing is stored (the masks' COCO RLE and the catalog rows are :func:`store`'s, which may
+    run in another thread). A video whose tracking raises fails alone (out of memory: transient)."""
     report = Predicted(failed=dict(prepared.failed), transient=set(prepared.transient), skipped=list(prepared.skipped))
     for asset in prepared.videos:
         path = local_path(services.settings, asset)
