@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,13 @@ def test_docker_template_requests_a_gpu_device() -> None:
 def test_worker_dockerfile_installs_cuda_torch_and_the_project() -> None:
     text = (ROOT / "deployments" / "Dockerfile").read_text()
     assert text.startswith("#") and "FROM ${CUDA_IMAGE}" in text and "nvidia/cuda:" in text
-    assert "download.pytorch.org/whl/cu" in text and "pip install --no-deps -e ." in text
+    assert "torch.version.cuda" in text and "pip install --no-deps -e ." in text
     for package in ("flows/", "tasks/", "model/", "storage/"):
         assert f"COPY {package} {package}" in text
+
+
+def test_worker_dockerfile_names_no_package_index_host_and_takes_one_as_a_build_argument() -> None:
+    text = (ROOT / "deployments" / "Dockerfile").read_text()
+    assert 'ARG TORCH_INDEX=""' in text and '${TORCH_INDEX:+--index-url "$TORCH_INDEX"}' in text
+    hosts = re.findall(r"https?://[^\s\"']+", text)
+    assert hosts == [], f"the Dockerfile names hosts: {hosts}"
