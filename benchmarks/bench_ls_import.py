@@ -23,7 +23,8 @@ from storage.annotation.items import ImportItem
 from storage.catalog import Asset, Catalog
 from storage.labelstudio.brush import mask_to_brush_rle
 from storage.labelstudio.client import LabelStudioClient
-from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.importer import import_predictions
+from storage.labelstudio.projects import ensure_project
 
 
 def _instances(seed: int, n: int, h: int, w: int) -> Instances:

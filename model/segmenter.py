@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.instances import Instances, Prompt
+from model.instances import Instances
+from model.prompt_arrays import PromptArrays, check_prompts, prompt_lineage, split_per_image
 
 if TYPE_CHECKING:
     import torch
@@ -58,76 +59,6 @@ class Decoded:
     logits: torch.Tensor
     iou: torch.Tensor
     object_logits: torch.Tensor
-
-
-@dataclass(frozen=True)
-class _Prompts:
-    points: np.ndarray | None  # (P, K, 2)
-    labels: np.ndarray | None  # (P, K)
-    boxes: np.ndarray | None  # (P, 4)
-    masks: np.ndarray | None  # (P, h, w)
-
-    @property
-    def count(self) -> int:
-        for value in (self.points, self.boxes, self.masks):
-            if value is not None:
-                return int(value.shape[0])
-        return 0
-
-
-def _check_prompts(points: Any, labels: Any, boxes: Any, masks: Any, image: int) -> _Prompts:
-    where = f"image {image}"
-    pts = lab = bxs = msk = None
-    if points is not None:
-        pts = np.asarray(points, dtype=np.float32)
-        if pts.ndim == 2 and pts.shape[-1] == 2:
-            pts = pts[:, None, :]
-        if pts.ndim != 3 or pts.shape[-1] != 2:
-            raise ValueError(f"{where}: points must be (P, K, 2) or (P, 2) xy, got shape {pts.shape}")
-        lab = np.ones(pts.shape[:2], np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        if lab.shape == (pts.shape[0],) and pts.shape[1] == 1:
-            lab = lab[:, None]
-        if lab.shape != pts.shape[:2]:
-            raise ValueError(f"{where}: point_labels must have shape {pts.shape[:2]}, got {lab.shape}")
-        if not np.isin(lab, (1, 0, -1, -10)).all():
-            raise ValueError(f"{where}: point_labels must be 1, 0, -1 or -10 (padding), got {np.unique(lab).tolist()}")
-    elif labels is not None:
-        raise ValueError(f"{where}: point_labels given without points")
-    if boxes is not None:
-        raw = np.asarray(boxes, dtype=np.float32)
-        if raw.size and (raw.ndim not in (1, 2) or raw.shape[-1] != 4):
-            raise ValueError(f"{where}: boxes must be (P, 4) xyxy, got shape {raw.shape}")
-        bxs = raw.reshape(-1, 4) if raw.size else np.zeros((0, 4), np.float32)
-        if bxs.shape[0] and np.any(bxs[:, 2:] < bxs[:, :2]):
-            raise ValueError(
-                f"{where}: boxes must be xyxy with x2 >= x1 and y2 >= y1, got {bxs[np.any(bxs[:, 2:] < bxs[:, :2], 1)][0].tolist()}"
-            )
-    if masks is not None:
-        msk = np.asarray(masks, dtype=np.float32)
-        if msk.ndim != 3:
-            raise ValueError(f"{where}: mask_inputs must be (P, h, w) low-res logits, got shape {msk.shape}")
-    counts = {name: v.shape[0] for name, v in (("points", pts), ("boxes", bxs), ("mask_inputs", msk)) if v is not None}
-    if len(set(counts.values())) > 1:
-        raise ValueError(f"{where}: prompt kinds must have the same count P, got {counts}")
-    for name, value in (("points", pts), ("boxes", bxs), ("mask_inputs", msk)):
-        if value is not None and not np.all(np.isfinite(value)):
-            raise ValueError(f"{where}: {name} must be finite, got NaN/inf")
-    return _Prompts(pts, lab, bxs, msk)
-
-
-def _per_image(value: Any, n: int, name: str, single: bool) -> list[Any]:
-    if value is None:
-        return [None] * n
-    if single:
-        return [value]
-    if not isinstance(value, (list, tuple)) or len(value) != n:
-        got = (
-            f"{type(value).__name__} of length {len(value)}"
-            if isinstance(value, (list, tuple))
-            else type(value).__name__
-        )
-        raise ValueError(f"{name}: for {n} images pass a list of {n} per-image arrays (None allowed), got {got}")
-    return list(value)
 
 
 class Segmenter:
@@ -267,11 +198,11 @@ class Segmenter:
         prompt_batch: int = 256,
     ) -> Decoded:
         """Decode P prompts of image ``index`` in chunks of ``prompt_batch`` on its cached embedding."""
-        prompts = _check_prompts(points, point_labels, boxes, mask_inputs, index)
+        prompts = check_prompts(points, point_labels, boxes, mask_inputs, index)
         return self._decode(embeddings, index, prompts, multimask, prompt_batch)
 
     def _decode(
-        self, embeddings: Embeddings, index: int, prompts: _Prompts, multimask: bool, prompt_batch: int
+        self, embeddings: Embeddings, index: int, prompts: PromptArrays, multimask: bool, prompt_batch: int
     ) -> Decoded:
         import torch
 
@@ -345,15 +276,15 @@ class Segmenter:
         )
         n = len(embeddings)
         per_image = zip(
-            _per_image(points, n, "points", single),
-            _per_image(point_labels, n, "point_labels", single),
-            _per_image(boxes, n, "boxes", single),
-            _per_image(mask_inputs, n, "mask_inputs", single),
+            split_per_image(points, n, "points", single),
+            split_per_image(point_labels, n, "point_labels", single),
+            split_per_image(boxes, n, "boxes", single),
+            split_per_image(mask_inputs, n, "mask_inputs", single),
             strict=True,
         )
         results = []
         for i, (pts, lab, bxs, msk) in enumerate(per_image):
-            prompts = _check_prompts(pts, lab, bxs, msk, i)
+            prompts = check_prompts(pts, lab, bxs, msk, i)
             decoded = self._decode(embeddings, i, prompts, multimask, prompt_batch)
             best = decoded.iou.argmax(dim=1)
             rows = range(decoded.logits.shape[0])
@@ -367,7 +298,7 @@ class Segmenter:
                     labels=[label] * len(masks),
                     scores=iou.cpu().numpy(),
                     stability=stability.cpu().numpy(),
-                    prompts=_lineage(prompts, self.model_version),
+                    prompts=prompt_lineage(prompts, self.model_version),
                 )
             )
         return results
@@ -386,21 +317,3 @@ class Segmenter:
                 (upsample_logits(logits[start : start + chunk], original_size) > threshold).cpu().numpy()
             )
         return out
-
-
-def _lineage(prompts: _Prompts, model_version: str) -> list[Prompt]:
-    out = []
-    for i in range(prompts.count):
-        params: dict[str, Any] = {}
-        kind = "mask"
-        if prompts.masks is not None:
-            params["mask_input"] = True
-        if prompts.points is not None:
-            kind = "point"
-            params["points"] = prompts.points[i].round(2).tolist()
-            params["labels"] = prompts.labels[i].tolist()  # type: ignore[index]
-        if prompts.boxes is not None:
-            kind = "box"
-            params["box"] = prompts.boxes[i].round(2).tolist()
-        out.append(Prompt(kind, params, model_version))
-    return out

@@ -15,8 +15,8 @@ from storage.catalog import Catalog
 from storage.formats.export_layout import MANIFEST_FILE, ExportResult, plan_export
 from storage.formats.exporter import CocoItems, ExportSource
 from storage.formats.registry import exporter_for
+from storage.version_objects import get_json
 from storage.version_reads import get_version
-from storage.versions import _get_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def export_version(
     if not version.coco_uri or not version.manifest_uri:
         raise ValueError(f"dataset version {version_id} has no stored export")
     plan = plan_export(
-        _get_json(s3, version.coco_uri),
-        _get_json(s3, version.manifest_uri),
+        get_json(s3, version.coco_uri),
+        get_json(s3, version.manifest_uri),
         labels=exporter.labels,
         images_dir=exporter.images_dir,
     )
@@ -121,7 +121,7 @@ def write_preview(
     version = get_version(catalog, version_id)
     if not version.coco_uri:
         raise ValueError(f"dataset version {version_id} has no stored export")
-    data = _get_json(s3, version.coco_uri)
+    data = get_json(s3, version.coco_uri)
     coco = load_coco(data)
     colors = {c["id"]: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(data["categories"])}
     tiles = []

@@ -4,9 +4,9 @@ A version freezes an annotation project's current accepted annotations: its mani
 canonical sorted ``[asset sha256, annotation hash]`` list, so creating a version from unchanged data returns the
 existing one. The COCO export and the manifest JSON go to S3 under content-addressed keys *before* the version row
 is committed (one transaction with its items); if the row is never committed they are deleted again
-(:func:`gc_orphans` sweeps what a crash left). Version rows are never updated; the unique (dataset, number)
-constraint makes concurrent creation safe: the loser retries with the next number, or returns the winner's
-version when it froze the same data.
+(:func:`storage.version_objects.gc_orphans` sweeps what a crash left). Version rows are never updated; the unique
+(dataset, number) constraint makes concurrent creation safe: the loser retries with the next number, or returns the
+winner's version when it froze the same data.
 
 A video project's version also freezes its key-frame project (``<name> (video frames)``,
 :func:`storage.harvest.frames_project_of`): each video asset's video-task boxes and key-frame masks become one set
@@ -22,7 +22,6 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -42,6 +41,7 @@ from storage.catalog import (
 from storage.formats.coco import CocoSource, build_coco, validate_coco
 from storage.formats.video_tracks_merge import coco_records, merge_video_views
 from storage.harvest import frames_project_of
+from storage.version_objects import delete_unreferenced, parse_dest, put_if_absent
 from storage.version_reads import find_by_manifest, item_key
 
 logger = logging.getLogger(__name__)
@@ -72,35 +72,6 @@ def counts_of(sources: Sequence[CocoSource]) -> dict[str, Any]:
         "instances": sum(per_class.values()),
         "instances_per_class": dict(sorted(per_class.items())),
     }
-
-
-# -- S3 helpers --------------------------------------------------------------------------------------------------
-def _parse_dest(dest: str) -> tuple[str, str]:
-    from storage.s3 import parse_s3_uri
-
-    bucket, prefix = parse_s3_uri(dest)
-    return bucket, prefix.strip("/")
-
-
-def _put_if_absent(s3: Any, bucket: str, key: str, body: bytes) -> bool:
-    """Write a content-addressed object unless it is there already; True when this call wrote it."""
-    from botocore.exceptions import ClientError
-
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return False
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-            raise
-    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
-    return True
-
-
-def _get_json(s3: Any, uri: str) -> Any:
-    from storage.s3 import parse_s3_uri
-
-    bucket, key = parse_s3_uri(uri)
-    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 # -- create ------------------------------------------------------------------------------------------------------
@@ -231,7 +202,7 @@ def create_version(
     A video project's key-frame project is frozen with it (one set of tracks per video, see the module).
     """
     dataset = dataset or project.name
-    bucket, prefix = _parse_dest(dest)
+    bucket, prefix = parse_dest(dest)
     frames_project = frames_project_of(catalog, project)
     items, skipped = _current_items(catalog, project)
     classes = list(project.classes)
@@ -298,7 +269,7 @@ def create_version(
     manifest_body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     manifest_key = f"{prefix}/{dataset}/manifests/{digest}.json".lstrip("/")
     written = [
-        k for k, body in ((coco_key, coco_body), (manifest_key, manifest_body)) if _put_if_absent(s3, bucket, k, body)
+        k for k, body in ((coco_key, coco_body), (manifest_key, manifest_body)) if put_if_absent(s3, bucket, k, body)
     ]
     try:
         version, created = _insert(
@@ -315,7 +286,7 @@ def create_version(
             items,
         )
     except BaseException:
-        _delete_unreferenced(catalog, s3, bucket, written)
+        delete_unreferenced(catalog, s3, bucket, written)
         raise
     return CreateResult(version, created, skipped)
 
@@ -376,40 +347,3 @@ def _insert(
                 return same, False
             logger.info("dataset %s: version number taken by a concurrent creator; retrying", dataset)
     raise RuntimeError(f"dataset {dataset!r}: could not take a version number after {MAX_NUMBER_RETRIES} attempts")
-
-
-def _referenced_uris(catalog: Catalog) -> set[str]:
-    with catalog.session() as session:
-        rows = session.execute(select(DatasetVersion.coco_uri, DatasetVersion.manifest_uri)).all()
-    return {u for row in rows for u in row if u}
-
-
-def _delete_unreferenced(catalog: Catalog, s3: Any, bucket: str, keys: Sequence[str]) -> None:
-    try:
-        referenced = _referenced_uris(catalog)
-    except Exception:  # noqa: BLE001 - the catalog is down; gc_orphans will sweep later
-        logger.warning("could not check references; leaving %d objects for gc_orphans", len(keys))
-        return
-    for key in keys:
-        if f"s3://{bucket}/{key}" not in referenced:
-            s3.delete_object(Bucket=bucket, Key=key)
-            logger.info("deleted s3://%s/%s (its version was never committed)", bucket, key)
-
-
-def gc_orphans(catalog: Catalog, s3: Any, dest: str, *, min_age: timedelta = timedelta(hours=1)) -> list[str]:
-    """Delete objects under ``dest`` that no version references and that are older than ``min_age`` (so a
-    version being created right now keeps its objects). Returns the deleted URIs."""
-    bucket, prefix = _parse_dest(dest)
-    referenced = _referenced_uris(catalog)
-    cutoff = datetime.now(UTC) - min_age
-    deleted = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
-        for obj in page.get("Contents", []):
-            uri = f"s3://{bucket}/{obj['Key']}"
-            if uri not in referenced and obj["LastModified"] <= cutoff:
-                s3.delete_object(Bucket=bucket, Key=obj["Key"])
-                deleted.append(uri)
-    return deleted
-
-
-# -- read --------------------------------------------------------------------------------------------------------

@@ -2,19 +2,15 @@
 
 from storage.catalog.db import Catalog, make_engine, upgrade
 from storage.catalog.models import (
-    ActiveLearningItem,
-    ActiveLearningRound,
     AgreementRow,
     Annotation,
     AnnotationProject,
     AnnotationTask,
     Asset,
-    AssetEmbedding,
     Base,
     DatasetVersion,
     DatasetVersionItem,
     JobAsset,
-    ModelVersion,
     Prediction,
     PrelabelJob,
     Run,
@@ -23,6 +19,7 @@ from storage.catalog.models import (
     WorkUnit,
     WorkUnitAsset,
 )
+from storage.catalog.models_learning import ActiveLearningItem, ActiveLearningRound, AssetEmbedding, ModelVersion
 
 __all__ = [
     "ActiveLearningItem",

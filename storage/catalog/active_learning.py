@@ -25,16 +25,15 @@ from sqlalchemy import func, select
 from model.errors import MaskloopError
 from storage.catalog.db import Catalog
 from storage.catalog.models import (
-    ActiveLearningRound,
     Annotation,
     AnnotationProject,
     AnnotationTask,
     Asset,
     DatasetVersionItem,
-    ModelVersion,
     Prediction,
     utcnow,
 )
+from storage.catalog.models_learning import ActiveLearningRound, ModelVersion
 
 if TYPE_CHECKING:
     from model.instances import Instances

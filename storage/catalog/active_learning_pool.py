@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from storage.catalog.active_learning import Item, RoundState
 from storage.catalog.db import Catalog
-from storage.catalog.models import ActiveLearningItem, Annotation, AnnotationTask, Asset, AssetEmbedding, Prediction
+from storage.catalog.models import Annotation, AnnotationTask, Asset, Prediction
+from storage.catalog.models_learning import ActiveLearningItem, AssetEmbedding
 
 if TYPE_CHECKING:
     from model.al_pool import ImageScore

@@ -11,7 +11,7 @@ from typing import Any, Self
 from storage.annotation.errors import AnnotationBackendNotConfiguredError, ProjectNotFoundError
 from storage.annotation.items import ChangedTask, ImportItem, ImportReport, MediaSize
 from storage.catalog import AnnotationProject, Catalog
-from storage.labelstudio import importer
+from storage.labelstudio import importer, projects
 from storage.labelstudio.annotations import annotation_records, changed_task, iter_task_pages
 from storage.labelstudio.client import LabelStudioClient, LabelStudioError
 from storage.labelstudio.config import LabelConfig
@@ -21,7 +21,7 @@ from storage.settings import Settings
 class LabelStudioBackend:
     """``LabelStudioBackend(client)``, or :meth:`from_settings`. Closing it closes the client."""
 
-    name = importer.BACKEND_NAME
+    name = projects.BACKEND_NAME
     title = "Label Studio"
 
     def __init__(self, client: LabelStudioClient) -> None:
@@ -52,7 +52,7 @@ class LabelStudioBackend:
     def ensure_project(
         self, catalog: Catalog, name: str, media_kind: str, classes: Sequence[str], **config_options: Any
     ) -> AnnotationProject:
-        return importer.ensure_project(self.client, catalog, name, media_kind, classes, **config_options)
+        return projects.ensure_project(self.client, catalog, name, media_kind, classes, **config_options)
 
     # -- pre-labels ----------------------------------------------------------------------------------------------
     def import_predictions(

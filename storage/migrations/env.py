@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from storage.catalog.models import Base
+from storage.catalog import Base  # the package imports every model module: all tables on Base.metadata
 
 config = context.config
 target_metadata = Base.metadata

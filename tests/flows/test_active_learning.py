@@ -55,7 +55,8 @@ from storage.catalog import (
 )
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.convert import instances_to_results, result_to_mask
-from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.importer import import_predictions
+from storage.labelstudio.projects import ensure_project
 from storage.labelstudio.server import LabelStudioServer
 from storage.params import ActiveLearningParams
 from storage.s3 import make_client, presigned_get_url

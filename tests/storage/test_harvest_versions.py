@@ -24,7 +24,8 @@ from storage.labelstudio.annotations import iter_task_pages
 from storage.labelstudio.backend import LabelStudioBackend
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.convert import instances_to_results
-from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.importer import import_predictions
+from storage.labelstudio.projects import ensure_project
 from storage.s3 import presigned_get_url
 from storage.settings import Settings
 from storage.version_export import export_version, write_preview

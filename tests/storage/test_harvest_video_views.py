@@ -30,7 +30,8 @@ from storage.harvest import harvest
 from storage.labelstudio.backend import LabelStudioBackend
 from storage.labelstudio.brush import mask_to_brush_rle
 from storage.labelstudio.client import LabelStudioClient
-from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.importer import import_predictions
+from storage.labelstudio.projects import ensure_project
 from storage.settings import Settings
 from storage.version_export import export_version
 from storage.versions import create_version

@@ -18,7 +18,8 @@ from PIL import Image
 from model.instances import Instances
 from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio.client import LabelStudioClient
-from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.importer import import_predictions
+from storage.labelstudio.projects import ensure_project
 from storage.labelstudio.server import LabelStudioServer
 from tests.support.browser import ARTIFACTS, launch_chromium, logged_in_page
 

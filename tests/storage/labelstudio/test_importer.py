@@ -1,4 +1,4 @@
-"""Projects, bulk pre-label import, idempotency, crash reconciliation and prediction refresh on a real Label Studio."""
+"""Bulk pre-label import, idempotency, crash reconciliation and prediction refresh on a real Label Studio."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from storage.catalog import AnnotationTask, Catalog
 from storage.labelstudio import importer
 from storage.labelstudio.brush import brush_rle_to_mask
 from storage.labelstudio.client import LabelStudioClient
-from storage.labelstudio.importer import ensure_project, import_predictions
+from storage.labelstudio.importer import import_predictions
 from storage.labelstudio.payload import batch_indices as _batches
+from storage.labelstudio.projects import ensure_project
 
 pytestmark = pytest.mark.labelstudio
 
@@ -49,34 +50,6 @@ def _items(asset_ids: list[int], version: str = V1) -> list[ImportItem]:
 def _catalog_rows(catalog: Catalog) -> list[AnnotationTask]:
     with catalog.session() as session:
         return list(session.query(AnnotationTask).all())
-
-
-def test_ensure_project_creates_one_project_from_the_class_list_with_uncertainty_sampling(
-    ls_client: LabelStudioClient, ls_catalog: Catalog
-) -> None:
-    name = _name("create")
-    row = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
-    again = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog"], rectangles=True)
-    assert again.id == row.id and again.external_project_id == row.external_project_id
-    assert len(ls_client.list_projects(title=name)) == 1
-    project = ls_client.get_project(row.external_project_id)
-    assert project["sampling"] == "Uncertainty sampling"
-    assert project["show_collab_predictions"] is True
-    assert 'BrushLabels name="brush"' in project["label_config"] and 'value="dog"' in project["label_config"]
-    assert 'RectangleLabels name="rect"' in project["label_config"]
-    grown = ensure_project(ls_client, ls_catalog, name, "image", ["cat", "dog", "bird"], rectangles=True)
-    assert grown.classes == ["cat", "dog", "bird"]
-    assert 'value="bird"' in ls_client.get_project(row.external_project_id)["label_config"]
-
-
-def test_ensure_project_adopts_a_label_studio_project_the_catalog_lost(
-    ls_client: LabelStudioClient, ls_catalog: Catalog
-) -> None:
-    name = _name("adopt")
-    created = ls_client.create_project(name, "<View><Image name='image' value='$image'/></View>")
-    row = ensure_project(ls_client, ls_catalog, name, "image", ["cat"])
-    assert row.external_project_id == created["id"]
-    assert len(ls_client.list_projects(title=name)) == 1
 
 
 def test_bulk_import_of_500_tasks_with_brush_predictions_then_rerun_imports_nothing(
