@@ -177,11 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(al, ActiveLearningParams, choices=ActiveLearningParams.choices())
     al.set_defaults(func=cmd_active_learning)
 
-    ver = sub.add_parser("versions", help="immutable dataset versions: create, list, show, diff, export")
-    ver.add_argument("action", choices=["create", "list", "show", "diff", "export"])
+    ver = sub.add_parser("versions", help="immutable dataset versions: create, list, show, diff, export, gc")
+    ver.add_argument("action", choices=["create", "list", "show", "diff", "export", "gc"])
     ver.add_argument("ids", type=int, nargs="*", help="version id (show, export) or two (diff)")
     ver.add_argument("--project", help="create: catalog project name")
-    ver.add_argument("--dest", help="create: s3://bucket/prefix for the COCO export and manifest")
+    ver.add_argument("--dest", help="create, gc: s3://bucket/prefix for the COCO export and manifest")
+    ver.add_argument(
+        "--min-age-s",
+        type=float,
+        default=3600.0,
+        help="gc: delete only objects at least this old (a version being created keeps its objects)",
+    )
     ver.add_argument("--dataset", help="dataset name (create: default the project name; list: filter)")
     ver.add_argument("--tag")
     ver.add_argument("--polygons", action="store_true")

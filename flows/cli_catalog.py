@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from flows.cli_settings import settings_of, stack_settings_of
@@ -145,6 +146,15 @@ def cmd_versions(args: argparse.Namespace) -> int:
             print("\n".join(result.summary_lines()))
             if result.sha256_mismatches:
                 return 1
+        elif args.action == "gc":
+            from storage.version_objects import gc_orphans
+
+            if not args.dest:
+                raise SystemExit("maskloop versions gc: --dest s3://bucket/prefix is required")
+            deleted = gc_orphans(catalog, make_client(settings), args.dest, min_age=timedelta(seconds=args.min_age_s))
+            for uri in deleted:
+                print(f"deleted {uri}")
+            print(f"{len(deleted)} object(s) under {args.dest} that no version references deleted")
     except LookupError as error:
         print(f"maskloop versions {args.action}: {error}", file=sys.stderr)
         return 1

@@ -85,7 +85,7 @@ def segment_text(
         prompts = [
             Prompt(
                 "text",
-                {"phrase": label, "box": box.round(2).tolist()},
+                {"phrase": label, "box": box.astype(np.float64).round(2).tolist()},
                 f"{detector.model_id}+{segmenter.model_version}",
             )
             for label, box in zip(labels, boxes, strict=True)

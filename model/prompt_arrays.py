@@ -97,10 +97,10 @@ def prompt_lineage(prompts: PromptArrays, model_version: str) -> list[Prompt]:
             params["mask_input"] = True
         if prompts.points is not None:
             kind = "point"
-            params["points"] = prompts.points[i].round(2).tolist()
+            params["points"] = prompts.points[i].astype(np.float64).round(2).tolist()  # 2 decimals, not float32 noise
             params["labels"] = prompts.labels[i].tolist()  # type: ignore[index]
         if prompts.boxes is not None:
             kind = "box"
-            params["box"] = prompts.boxes[i].round(2).tolist()
+            params["box"] = prompts.boxes[i].astype(np.float64).round(2).tolist()
         out.append(Prompt(kind, params, model_version))
     return out

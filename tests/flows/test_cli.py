@@ -1,8 +1,9 @@
-"""The CLI entry point's process-wide defaults, and what `versions export` / `versions show` print."""
+"""The CLI entry point's process-wide defaults, and what `versions export` / `show` / `gc` print."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,37 @@ def test_a_failing_command_prints_one_line_and_keeps_the_traceback_in_the_log(
     assert "Traceback" in (tmp_path / "logs" / "maskloop.log").read_text()
     with pytest.raises(ValueError, match="expected an s3://bucket/prefix URI"):  # -vv: the traceback itself
         main(["-vv", "skipped", "not-a-uri"])
+
+
+def test_versions_gc_deletes_what_no_version_references_and_prints_each_uri(
+    sqlite_catalog: Catalog,
+    settings: Settings,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    made, _ = make_version(sqlite_catalog, s3, bucket, {"gc/a.png": ([box_mask(24, 32, 2, 12, 2, 20)], ["cat"])})
+    s3.put_object(Bucket=bucket, Key="datasets/left-by-a-crash.json", Body=b"{}")
+    for name, value in {
+        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
+        "MASKLOOP_DATABASE_URL": sqlite_catalog.url,
+        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
+        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
+        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
+    }.items():
+        monkeypatch.setenv(name, value)
+    dest = f"s3://{bucket}/datasets"
+    capfd.readouterr()
+    assert main(["versions", "gc", "--dest", dest]) == 0  # the default minimum age keeps a young object
+    assert capfd.readouterr().out.splitlines() == [f"0 object(s) under {dest} that no version references deleted"]
+
+    time.sleep(1.1)  # S3's LastModified has whole seconds
+    assert main(["versions", "gc", "--dest", dest, "--min-age-s", "1"]) == 0
+    assert capfd.readouterr().out.splitlines() == [
+        f"deleted s3://{bucket}/datasets/left-by-a-crash.json",
+        f"1 object(s) under {dest} that no version references deleted",
+    ]
+    kept = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="datasets/")["Contents"]}
+    assert {f"s3://{bucket}/{k}" for k in kept} == {made.version.coco_uri, made.version.manifest_uri}

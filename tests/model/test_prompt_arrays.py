@@ -51,11 +51,11 @@ def test_a_bad_prompt_names_its_image(given: tuple, message: str) -> None:
     assert str(info.value).startswith("image 3:")
 
 
-def test_lineage_records_each_masks_prompt_kind_and_rounded_coordinates() -> None:
-    prompts = check_prompts([[1.254, 2.0]], [0], [[0.004, 1, 2, 3]], np.zeros((1, 4, 4)), image=0)
+def test_lineage_records_each_masks_prompt_kind_and_coordinates_to_two_decimals_without_float32_noise() -> None:
+    prompts = check_prompts([[1.234, 2.0]], [0], [[0.004, 1, 2, 3.111]], np.zeros((1, 4, 4)), image=0)
     (only,) = prompt_lineage(prompts, "m@1234/grid")
     assert only.kind == "box" and only.model_id == "m@1234/grid"
-    assert only.params == {"mask_input": True, "points": [[1.25, 2.0]], "labels": [0], "box": [0.0, 1.0, 2.0, 3.0]}
+    assert only.params == {"mask_input": True, "points": [[1.23, 2.0]], "labels": [0], "box": [0.0, 1.0, 2.0, 3.11]}
     assert prompt_lineage(check_prompts(None, None, None, None, image=0), "m") == []
 
 
