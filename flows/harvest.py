@@ -1,4 +1,5 @@
-"""Flow ``harvest``: annotation corrections → catalog annotations + agreement → (optionally) a frozen version."""
+"""Flow ``harvest``: annotation corrections → catalog annotations + agreement → (optionally) a frozen version; then
+the tasks' media URLs that expire soon signed anew."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from prefect.context import get_run_context
 
 from storage.catalog.runs import recorded_run
 from storage.harvest import HarvestReport
+from storage.media_refresh import MediaRefresh
 from storage.params import HarvestParams
 from storage.services import Services
 from storage.settings import Settings
 from storage.versions import FrozenVersion
-from tasks.harvest import freeze_version, harvest_annotations
+from tasks.harvest import freeze_version, harvest_annotations, refresh_media
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,14 @@ class HarvestResult:
     run_id: int
     harvest: HarvestReport
     version: FrozenVersion | None = None
+    media: MediaRefresh = MediaRefresh()
 
 
 @flow(name="harvest")
 def harvest_flow(params: HarvestParams, settings: Settings | None = None) -> HarvestResult:
     """Harvest ``params.project`` (catalog name, e.g. ``maskloop (images)``); with ``create_version`` freeze the
-    result into a dataset version whose COCO export and manifest go to ``dest`` (``s3://bucket/prefix``)."""
+    result into a dataset version whose COCO export and manifest go to ``dest`` (``s3://bucket/prefix``); then sign
+    anew the media URLs of its tasks that expire within ``refresh_urls_within_s``."""
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     recorded = params.model_dump(mode="json", exclude={"polygons", "page_size"})
     with Services(settings or Settings()) as services:
@@ -41,4 +45,6 @@ def harvest_flow(params: HarvestParams, settings: Settings | None = None) -> Har
                 version = freeze_version(
                     services, params.project, str(params.dest), params.dataset, params.tag, params.polygons
                 )
-        return HarvestResult(run.id, harvested, version)
+            media = refresh_media(services, params.project, params.refresh_urls_within_s)
+            run.counts.update({"media_urls_refreshed": media.refreshed, "media_tasks_gone": media.gone})
+        return HarvestResult(run.id, harvested, version, media)

@@ -271,6 +271,11 @@ class HarvestParams(BaseModel):
     polygons: bool = Field(default=False, description="COCO polygons instead of RLE")
     page_size: int = Field(default=100, ge=1, le=1000, description="tasks per page read from the annotation backend")
     full: bool = Field(default=False, description="ignore the incremental cursor")
+    refresh_urls_within_s: int = Field(
+        default=2 * 24 * 3600,
+        ge=0,
+        description="then sign anew the tasks' media URLs that expire within this many seconds (0: never)",
+    )
 
     @model_validator(mode="after")
     def _dest_for_a_version(self) -> HarvestParams:

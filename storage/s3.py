@@ -15,9 +15,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -334,6 +335,21 @@ def download_many(
 def presigned_get_url(client: Any, bucket: str, key: str, ttl_s: int = 7 * 24 * 3600) -> str:
     """A presigned GET URL (SigV4 allows at most 7 days)."""
     return str(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_s))
+
+
+def presigned_url_expiry(url: str) -> datetime | None:
+    """When a presigned URL stops working: SigV4's ``X-Amz-Date`` + ``X-Amz-Expires``, or SigV2's ``Expires``
+    (epoch seconds); None for a URL that carries neither (or carries them malformed)."""
+    query = parse_qs(urlsplit(url).query)
+    try:
+        if "X-Amz-Date" in query and "X-Amz-Expires" in query:
+            signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            return signed + timedelta(seconds=int(query["X-Amz-Expires"][0]))
+        if "Expires" in query:
+            return datetime.fromtimestamp(int(query["Expires"][0]), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
 
 
 def put_bytes(client: Any, bucket: str, key: str, body: bytes, content_type: str) -> None:

@@ -1,10 +1,12 @@
-"""Prefect tasks of the harvest flow: pull annotations (retried on transient I/O errors), freeze a version."""
+"""Prefect tasks of the harvest flow: pull annotations (retried on transient I/O errors), freeze a version, sign
+the tasks' media URLs anew before they expire."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 
 from storage.harvest import HarvestReport
+from storage.media_refresh import MediaRefresh
 from storage.services import Services
 from storage.versions import FrozenVersion
 from tasks.prelabel import _IO_RETRIES
@@ -39,3 +41,20 @@ def freeze_version(
         "dataset %s v%d (%s)", frozen.dataset, frozen.number, "new" if frozen.created else "unchanged"
     )
     return frozen
+
+
+@task(name="refresh-media-urls", **_IO_RETRIES)
+def refresh_media(services: Services, project: str, within_s: int) -> MediaRefresh:
+    """Sign anew the project's task media URLs that expire within ``within_s`` (idempotent: a retry does what is
+    still due)."""
+    from storage.media_refresh import refresh_media_urls
+
+    refreshed = refresh_media_urls(services, project, within_s)
+    if refreshed.refreshed or refreshed.gone:
+        get_run_logger().info(
+            "%s: %d media URLs signed anew, %d tasks gone from the backend",
+            project,
+            refreshed.refreshed,
+            refreshed.gone,
+        )
+    return refreshed

@@ -15,6 +15,7 @@ from storage.annotation.items import (
     ImportItem,
     ImportReport,
     MediaSize,
+    ReplacedMedia,
     model_version_string,
 )
 from storage.annotation.projects import find_project
@@ -30,6 +31,7 @@ __all__ = [
     "ImportReport",
     "MediaSize",
     "ProjectNotFoundError",
+    "ReplacedMedia",
     "UnknownBackendError",
     "find_project",
     "model_version_string",

@@ -90,6 +90,15 @@ class ImportReport:
 
 
 @dataclass(frozen=True)
+class ReplacedMedia:
+    """What replacing tasks' media URLs did: how many were replaced, and the (asset, frame) keys whose task is gone
+    from the backend (left as they are)."""
+
+    replaced: int = 0
+    gone: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class MediaSize:
     """What a backend needs to know of an asset to turn its regions into instance records (``frames``: videos)."""
 

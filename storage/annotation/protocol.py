@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, Self, runtime_checkable
 
-from storage.annotation.items import ChangedTask, ImportItem, ImportReport, MediaSize
+from storage.annotation.items import ChangedTask, ImportItem, ImportReport, MediaSize, ReplacedMedia
 from storage.catalog import AnnotationProject, Catalog
 
 
@@ -60,6 +60,14 @@ class AnnotationBackend(Protocol):
         tasks get the new model version's prediction added (``keep_touched``: not those a person already
         annotated or skipped). Every item is validated before anything is sent; tasks are recorded in the catalog
         as they are created, and a rerun after a crash finds (and records) what was created before it."""
+        ...
+
+    def replace_media_urls(
+        self, catalog: Catalog, project: AnnotationProject, urls: Mapping[tuple[int, int], str]
+    ) -> ReplacedMedia:
+        """Put ``urls[(asset id, frame index)]`` into those tasks as their media URL (every other field of the task
+        kept) and record in the catalog when each new URL expires (``AnnotationTask.media_url_expires_at``).
+        Idempotent; a task gone from the server is left as it is and reported in ``gone``."""
         ...
 
     # -- harvest -------------------------------------------------------------------------------------------------

@@ -216,6 +216,8 @@ class AnnotationTask(Base):
     external_task_id: Mapped[int] = mapped_column(Integer)
     last_model_version: Mapped[str | None] = mapped_column(String(255))
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # when the task's media URL (presigned) stops working; None: unknown (imported before it was recorded)
+    media_url_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     project: Mapped[AnnotationProject] = relationship()
 

@@ -9,9 +9,9 @@ from datetime import datetime
 from typing import Any, Self
 
 from storage.annotation.errors import AnnotationBackendNotConfiguredError, ProjectNotFoundError
-from storage.annotation.items import ChangedTask, ImportItem, ImportReport, MediaSize
+from storage.annotation.items import ChangedTask, ImportItem, ImportReport, MediaSize, ReplacedMedia
 from storage.catalog import AnnotationProject, Catalog
-from storage.labelstudio import importer, projects
+from storage.labelstudio import importer, media_urls, projects
 from storage.labelstudio.annotations import annotation_records, changed_task, iter_task_pages
 from storage.labelstudio.client import LabelStudioClient, LabelStudioError
 from storage.labelstudio.config import LabelConfig
@@ -64,6 +64,11 @@ class LabelStudioBackend:
         keep_touched: bool = False,
     ) -> ImportReport:
         return importer.import_predictions(self.client, catalog, project, items, keep_touched=keep_touched)
+
+    def replace_media_urls(
+        self, catalog: Catalog, project: AnnotationProject, urls: Mapping[tuple[int, int], str]
+    ) -> ReplacedMedia:
+        return media_urls.replace_media_urls(self.client, catalog, project, urls)
 
     # -- harvest -------------------------------------------------------------------------------------------------
     def current_model_version(self, project: AnnotationProject) -> str | None:

@@ -34,6 +34,7 @@ from storage.labelstudio.payload import (
     task_json,
 )
 from storage.labelstudio.projects import project_lock
+from storage.s3 import presigned_url_expiry
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,20 @@ def _known_count(catalog: Catalog, project: AnnotationProject) -> int:
 
 
 def _record_tasks(
-    catalog: Catalog, project: AnnotationProject, rows: Iterable[tuple[tuple[int, int], int, str]]
+    catalog: Catalog, project: AnnotationProject, rows: Iterable[tuple[tuple[int, int], int, str, str]]
 ) -> None:
+    """One catalog row per ((asset, frame), task id, model version, media URL), with when that URL expires."""
     with catalog.session() as session:
         session.add_all(
-            AnnotationTask(asset_id=a, frame_index=f, project_id=project.id, external_task_id=t, last_model_version=v)
-            for (a, f), t, v in rows
+            AnnotationTask(
+                asset_id=a,
+                frame_index=f,
+                project_id=project.id,
+                external_task_id=t,
+                last_model_version=v,
+                media_url_expires_at=presigned_url_expiry(url),
+            )
+            for (a, f), t, v, url in rows
         )
 
 
@@ -98,7 +107,8 @@ def reconcile(client: LabelStudioClient, catalog: Catalog, project: AnnotationPr
     """Record in the catalog every maskloop task Label Studio has but the catalog lacks; returns how many."""
     known = _known_tasks(catalog, project)
     known_ids = {t for t, _ in known.values()}
-    found: list[tuple[tuple[int, int], int, str]] = []
+    data_key = LabelConfig.parse(project.label_config).data_key
+    found: list[tuple[tuple[int, int], int, str, str]] = []
     for task in client.iter_tasks(project.external_project_id):
         data = task.get("data") or {}
         if task["id"] in known_ids or ASSET_KEY not in data:
@@ -113,7 +123,7 @@ def reconcile(client: LabelStudioClient, catalog: Catalog, project: AnnotationPr
                 known[key][0],
             )
             continue
-        found.append((key, int(task["id"]), str(data.get(VERSION_KEY, ""))))
+        found.append((key, int(task["id"]), str(data.get(VERSION_KEY, "")), str(data.get(data_key, ""))))
         known[key] = (int(task["id"]), None)
     if found:
         _record_tasks(catalog, project, found)
@@ -213,7 +223,7 @@ def import_predictions(
                     catalog,
                     project,
                     (
-                        (todo[pending[b]].key, tid, todo[pending[b]].model_version)
+                        (todo[pending[b]].key, tid, todo[pending[b]].model_version, todo[pending[b]].media_url)
                         for b, tid in zip(batch, task_ids, strict=True)
                     ),
                 )
@@ -306,26 +316,3 @@ def _refresh(
         _set_versions(catalog, project, {items[i].key: items[i].model_version for i in chunk})
         done += len(preds)
     return done
-
-
-def refresh_media_urls(
-    client: LabelStudioClient, catalog: Catalog, project: AnnotationProject, urls: Mapping[tuple[int, int] | int, str]
-) -> int:
-    """Replace the media URL of already imported tasks (e.g. re-presigned S3 URLs before the old ones expire).
-
-    ``urls`` maps ``(asset_id, frame_index)`` (or a bare asset id for frame -1) to the new URL. Returns the number
-    of tasks updated; unknown assets raise ``KeyError``.
-    """
-    config = LabelConfig.parse(project.label_config)
-    known = _known_tasks(catalog, project)
-    updated = 0
-    for raw_key, url in urls.items():
-        key = raw_key if isinstance(raw_key, tuple) else (int(raw_key), -1)
-        if key not in known:
-            raise KeyError(f"asset {key[0]} frame {key[1]} has no task in Label Studio project {project.name!r}")
-        task = client.get_task(known[key][0])
-        data = dict(task.get("data") or {})
-        data[config.data_key] = url
-        client.update_task(known[key][0], data=data)
-        updated += 1
-    return updated

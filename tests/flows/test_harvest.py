@@ -1,4 +1,5 @@
-"""The harvest flow on Prefect's test server: harvest + version in one run, recorded as a run row."""
+"""The harvest flow on Prefect's test server: harvest + version + media URLs signed anew in one run, recorded as a
+run row."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from flows.harvest import harvest_flow
-from storage.catalog import Catalog, DatasetVersion, Run
+from storage.catalog import AnnotationTask, Catalog, DatasetVersion, Run
 from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.server import LabelStudioServer
 from storage.params import HarvestParams
@@ -38,6 +39,8 @@ def test_harvest_flow_harvests_and_freezes_a_version_then_reruns_as_a_no_op(
     flow_settings = _flow_settings(settings, label_studio_server, url)
     with Catalog(url) as catalog:
         project, task_ids, _ = _setup(catalog, ls_client, s3, bucket, [([CAT1], ["cat"])])
+        with catalog.session() as session:  # as if imported before expiries were recorded: its URL is due
+            session.execute(update(AnnotationTask).values(media_url_expires_at=None))
     ls_client.create_annotation(task_ids[0], _brush([CAT1, DOG1_MOVED], ["cat", "dog"], "f"))
 
     dest = f"s3://{bucket}/flow-datasets"
@@ -45,13 +48,15 @@ def test_harvest_flow_harvests_and_freezes_a_version_then_reruns_as_a_no_op(
     first = harvest_flow(params, settings=flow_settings)
     assert first.harvest.created == 1 and first.harvest.agreement_rows == 2
     assert first.version is not None and first.version.created and first.version.number == 1
+    assert (first.media.refreshed, first.media.gone) == (1, 0)
     again = harvest_flow(params.model_copy(update={"tag": None}), settings=flow_settings)
     assert again.harvest.created == 0 and again.version is not None and not again.version.created
     assert again.version.version_id == first.version.version_id
+    assert again.media.refreshed == 0  # signed for presign_ttl_s: not due again for days
     with Catalog(url) as catalog, catalog.session() as session:
         runs = session.scalars(select(Run).where(Run.flow_name == "harvest").order_by(Run.id)).all()
         assert [r.status for r in runs] == ["completed", "completed"]
-        assert runs[0].counts["created"] == 1
+        assert runs[0].counts["created"] == 1 and runs[0].counts["media_urls_refreshed"] == 1
 
     with pytest.raises(ValueError, match="needs dest"):
         HarvestParams(project=project.name, create_version=True)

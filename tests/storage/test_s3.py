@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from storage.s3 import (
     media_type_of,
     parse_s3_uri,
     presigned_get_url,
+    presigned_url_expiry,
 )
 
 
@@ -146,3 +148,39 @@ def test_clients_share_parsed_service_models_but_close_independently(settings, b
     first.put_object(Bucket=bucket, Key="a.png", Body=b"x")
     first.close()
     assert second.get_object(Bucket=bucket, Key="a.png")["Body"].read() == b"x"
+
+
+SIGNED = datetime(2026, 12, 6, 20, 30, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "http://s3:8333/b/k.jpg?X-Amz-Date=20261206T203005Z&X-Amz-Expires=604800&X-Amz-Signature=ab",
+            SIGNED + timedelta(days=7),
+        ),
+        (
+            "http://s3/b/k.jpg?X-Amz-Expires=60&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261206T203005Z",
+            SIGNED + timedelta(seconds=60),
+        ),
+        ("http://s3/b/k.jpg?AWSAccessKeyId=a&Expires=1796588400&Signature=s", datetime.fromtimestamp(1796588400, UTC)),
+        ("http://s3/b/k.jpg?X-Amz-Date=20261206T203005Z&X-Amz-Expires=0", SIGNED),
+        ("http://127.0.0.1:9/img/1.jpg", None),  # not presigned: no expiry
+        ("", None),
+        ("http://s3/b/k.jpg?X-Amz-Date=20261206T203005Z", None),  # half a signature
+        ("http://s3/b/k.jpg?X-Amz-Date=yesterday&X-Amz-Expires=60", None),
+        ("http://s3/b/k.jpg?X-Amz-Date=20261206T203005Z&X-Amz-Expires=soon", None),
+        ("http://s3/b/k.jpg?Expires=99999999999999999999", None),
+    ],
+)
+def test_presigned_url_expiry_reads_sigv4_and_sigv2_urls_and_nothing_else(url: str, expected: datetime | None) -> None:
+    assert presigned_url_expiry(url) == expected
+
+
+def test_a_presigned_url_expires_after_its_lifetime(s3, bucket: str) -> None:  # noqa: ANN001
+    before = datetime.now(UTC).replace(microsecond=0)
+    expiry = presigned_url_expiry(presigned_get_url(s3, bucket, "a/b c.jpg", 3600))
+    assert expiry is not None and before + timedelta(seconds=3600) <= expiry <= datetime.now(UTC) + timedelta(
+        seconds=3600
+    )
