@@ -223,10 +223,12 @@ class LabelStudioClient:
                 return
             page += 1
 
-    def touched_task_ids(self, project_id: int, task_ids: Sequence[int], page_size: int = 500) -> set[int]:
-        """Those of ``task_ids`` that a person has annotated, skipped or cancelled (their pre-labels are left alone)."""
+    def selected_tasks(
+        self, project_id: int, task_ids: Sequence[int], page_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """The tasks ``task_ids`` of a project (id, data, counts; one listing request per ``page_size`` ids, not one
+        request per task); ids that are not there (deleted) are simply not yielded."""
         wanted = {int(t) for t in task_ids}
-        touched: set[int] = set()
         ids = sorted(wanted)
         for start in range(0, len(ids), page_size):
             chunk = ids[start : start + page_size]
@@ -234,11 +236,15 @@ class LabelStudioClient:
             params = {"project": project_id, "page": 1, "page_size": len(chunk), "query": query, "resolve_uri": "false"}
             data = self.request("GET", "/api/tasks/", params=params)
             tasks = data.get("tasks", []) if isinstance(data, dict) else data
-            for task in tasks:
-                counts = (task.get("total_annotations") or 0) + (task.get("cancelled_annotations") or 0)
-                if int(task["id"]) in wanted and counts:
-                    touched.add(int(task["id"]))
-        return touched
+            yield from (task for task in tasks if int(task["id"]) in wanted)
+
+    def touched_task_ids(self, project_id: int, task_ids: Sequence[int], page_size: int = 500) -> set[int]:
+        """Those of ``task_ids`` that a person has annotated, skipped or cancelled (their pre-labels are left alone)."""
+        return {
+            int(task["id"])
+            for task in self.selected_tasks(project_id, task_ids, page_size)
+            if (task.get("total_annotations") or 0) + (task.get("cancelled_annotations") or 0)
+        }
 
     def get_task(self, task_id: int) -> dict[str, Any]:
         return self.request("GET", f"/api/tasks/{task_id}/")

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from storage.annotation.items import ReplacedMedia
 from storage.catalog import AnnotationProject, AnnotationTask, Catalog
-from storage.labelstudio.client import LabelStudioClient, LabelStudioError
+from storage.labelstudio.client import LabelStudioClient
 from storage.labelstudio.config import LabelConfig
 from storage.s3 import presigned_url_expiry
 
@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 def replace_media_urls(
     client: LabelStudioClient, catalog: Catalog, project: AnnotationProject, urls: Mapping[tuple[int, int], str]
 ) -> ReplacedMedia:
-    """Put ``urls[(asset id, frame index)]`` into each of those tasks of ``project`` (one GET and one PATCH per
-    task: Label Studio replaces a task's data whole) and record each URL's expiry. Unknown keys raise
-    ``KeyError``; a task gone from Label Studio is left as it is and reported."""
+    """Put ``urls[(asset id, frame index)]`` into each of those tasks of ``project`` (their data read in one
+    listing, then one PATCH per task: Label Studio replaces a task's data whole) and record each URL's expiry.
+    Unknown keys raise ``KeyError``; a task gone from Label Studio is left as it is and reported."""
     data_key = LabelConfig.parse(project.label_config).data_key
     with catalog.session() as session:
         rows = session.execute(
@@ -37,19 +37,16 @@ def replace_media_urls(
     if unknown:
         raise KeyError(f"asset {unknown[0][0]} frame {unknown[0][1]} has no task in project {project.name!r}")
     done: dict[tuple[int, int], datetime | None] = {}
-    gone: list[tuple[int, int]] = []
-    for key, url in urls.items():
-        try:
-            data = dict(client.get_task(task_of[key]).get("data") or {})
-        except LabelStudioError as error:
-            if error.status != 404:
-                raise
-            logger.warning("task %s of project %s is gone from Label Studio; its URL stays", task_of[key], project.name)
-            gone.append(key)
-            continue
-        data[data_key] = url
-        client.update_task(task_of[key], data=data)
-        done[key] = presigned_url_expiry(url)
+    key_of = {task: key for key, task in task_of.items() if key in urls}
+    for task in client.selected_tasks(project.external_project_id, list(key_of)):  # one listing, not a GET per task
+        key = key_of[int(task["id"])]
+        data = dict(task.get("data") or {})
+        data[data_key] = urls[key]
+        client.update_task(int(task["id"]), data=data)
+        done[key] = presigned_url_expiry(urls[key])
+    gone = [key for key in urls if key not in done]
+    if gone:
+        logger.warning("%d tasks of project %s are gone from Label Studio; their URLs stay", len(gone), project.name)
     with catalog.session() as session:
         for row in session.scalars(
             select(AnnotationTask).where(
