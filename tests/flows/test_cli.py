@@ -13,6 +13,7 @@ from flows.cli import main
 from storage.catalog import Catalog
 from storage.settings import Settings
 from tests.support.dataset_versions import box_mask, make_version
+from tests.support.settings_for import point_cli_at
 
 
 @pytest.mark.parametrize(("preset", "expected"), [(None, "false"), ("true", "true")])
@@ -43,14 +44,7 @@ def test_versions_export_lists_every_file_and_show_preview_prints_no_pycocotools
         "in/b/cat.png": ([box_mask(24, 32, 10, 20, 4, 30)], ["dog"]),
     }
     made, _ = make_version(sqlite_catalog, s3, bucket, images)
-    for name, value in {
-        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
-        "MASKLOOP_DATABASE_URL": sqlite_catalog.url,
-        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
-        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
-        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
-    }.items():
-        monkeypatch.setenv(name, value)
+    point_cli_at(monkeypatch, sqlite_catalog.url, settings, tmp_path / "cli")
     out = tmp_path / "export"
     capfd.readouterr()
     assert main(["versions", "export", str(made.version.id), "--out", str(out), "--images"]) == 0
@@ -89,14 +83,7 @@ def test_versions_gc_deletes_what_no_version_references_and_prints_each_uri(
 ) -> None:
     made, _ = make_version(sqlite_catalog, s3, bucket, {"gc/a.png": ([box_mask(24, 32, 2, 12, 2, 20)], ["cat"])})
     s3.put_object(Bucket=bucket, Key="datasets/left-by-a-crash.json", Body=b"{}")
-    for name, value in {
-        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
-        "MASKLOOP_DATABASE_URL": sqlite_catalog.url,
-        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
-        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
-        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
-    }.items():
-        monkeypatch.setenv(name, value)
+    point_cli_at(monkeypatch, sqlite_catalog.url, settings, tmp_path / "cli")
     dest = f"s3://{bucket}/datasets"
     capfd.readouterr()
     assert main(["versions", "gc", "--dest", dest]) == 0  # the default minimum age keeps a young object

@@ -16,14 +16,9 @@ from storage.labelstudio.server import LabelStudioServer
 from storage.params import HarvestParams
 from storage.settings import Settings
 from tests.storage.test_harvest_versions import CAT1, DOG1_MOVED, _brush, _setup
+from tests.support.settings_for import with_label_studio
 
 pytestmark = pytest.mark.labelstudio
-
-
-def _flow_settings(settings: Settings, server: LabelStudioServer, url: str) -> Settings:
-    """The test's settings with its own SQLite catalog at ``url`` and the test Label Studio."""
-    changes = {"database_url": url, "label_studio_url": server.url, "label_studio_token": server.token}
-    return Settings(**{**settings.model_dump(), **changes})
 
 
 def test_harvest_flow_harvests_and_freezes_a_version_then_reruns_as_a_no_op(
@@ -36,7 +31,7 @@ def test_harvest_flow_harvests_and_freezes_a_version_then_reruns_as_a_no_op(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'flow.sqlite'}"
-    flow_settings = _flow_settings(settings, label_studio_server, url)
+    flow_settings = with_label_studio(settings, label_studio_server, url)
     with Catalog(url) as catalog:
         project, task_ids, _ = _setup(catalog, ls_client, s3, bucket, [([CAT1], ["cat"])])
         with catalog.session() as session:  # as if imported before expiries were recorded: its URL is due
@@ -75,7 +70,7 @@ def test_harvest_flow_on_a_video_project_harvests_its_key_frame_project_and_free
     from tests.storage.test_harvest_video_views import _task_ids
 
     url = f"sqlite:///{tmp_path / 'flow.sqlite'}"
-    flow_settings = _flow_settings(settings, label_studio_server, url)
+    flow_settings = with_label_studio(settings, label_studio_server, url)
     with Catalog(url) as catalog:
         _, videos, frames = _setup_video(catalog, ls_client, s3, bucket)
         video_task, frame_tasks = _task_ids(catalog, videos)[-1], _task_ids(catalog, frames)

@@ -31,6 +31,7 @@ from storage.settings import Settings
 from storage.version_export import export_version, write_preview
 from storage.version_reads import describe, diff_versions, list_versions
 from storage.versions import create_version
+from tests.support.settings_for import point_cli_at
 
 pytestmark = pytest.mark.labelstudio
 
@@ -267,14 +268,7 @@ def test_people_correct_predictions_and_versions_record_exactly_that(
     # the same through the command line
     from flows.cli import main
 
-    for name, value in {
-        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
-        "MASKLOOP_DATABASE_URL": catalog.url,
-        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
-        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
-        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
-    }.items():
-        monkeypatch.setenv(name, value)
+    point_cli_at(monkeypatch, catalog.url, settings, tmp_path / "cli")
     capsys.readouterr()
     assert main(["versions", "list", "--dataset", project.name]) == 0
     assert [line.split()[2] for line in capsys.readouterr().out.splitlines()] == ["v1", "v2"]

@@ -35,6 +35,7 @@ from storage.labelstudio.projects import ensure_project
 from storage.settings import Settings
 from storage.version_export import export_version
 from storage.versions import create_version
+from tests.support.settings_for import point_cli_at
 
 pytestmark = pytest.mark.labelstudio
 
@@ -234,14 +235,7 @@ def test_a_video_corrected_in_both_views_exports_as_youtube_vis_whose_masks_roun
     # the same export through the command line, and its summary line
     from flows.cli import main
 
-    for name, value in {
-        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
-        "MASKLOOP_DATABASE_URL": catalog.url,
-        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
-        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
-        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
-    }.items():
-        monkeypatch.setenv(name, value)
+    point_cli_at(monkeypatch, catalog.url, settings, tmp_path / "cli")
     capsys.readouterr()
     out_dir = tmp_path / "cli-export"
     assert main(["versions", "export", str(made.version.id), "--format", "youtube-vis", "--out", str(out_dir)]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from storage.prelabel.frames import frame_key
 from storage.s3 import presigned_get_url, presigned_url_expiry
 from storage.services import Services
 from storage.settings import Settings
+from tests.support.settings_for import with_label_studio
 
 pytestmark = pytest.mark.labelstudio
 
@@ -35,13 +37,12 @@ H, W = 24, 32
 HOUR, WEEK = 3600, 7 * 24 * 3600
 
 
-def _services_settings(settings: Settings, server: LabelStudioServer, tmp_path: Path) -> Settings:
-    changes = {
-        "database_url": f"sqlite:///{tmp_path / 'refresh.sqlite'}",
-        "label_studio_url": server.url,
-        "label_studio_token": server.token,
-    }
-    return Settings(**{**settings.model_dump(), **changes})
+@pytest.fixture()
+def services(label_studio_server: LabelStudioServer, settings: Settings, tmp_path: Path) -> Iterator[Services]:
+    """Services on the test's S3 and Label Studio, with a catalog of its own."""
+    own = with_label_studio(settings, label_studio_server, f"sqlite:///{tmp_path / 'refresh.sqlite'}")
+    with Services(own) as made:
+        yield made
 
 
 def _png(seed: int) -> bytes:
@@ -70,7 +71,7 @@ def _project_with_tasks(
         ImportItem(
             a,
             presigned_get_url(s3, bucket, f"refresh/{i}.png", ttl),
-            Instances(masks=mask, labels=["cat"], scores=[0.9]),
+            Instances(masks=mask, labels=["cat"], scores=np.array([0.9], np.float32)),
             "m@1/x",
         )
         for i, (a, ttl) in enumerate(zip(ids, ttls, strict=True))
@@ -92,99 +93,74 @@ def _expiries(catalog: Catalog, project: Any) -> dict[int, datetime | None]:
 
 
 def test_urls_due_within_the_window_are_signed_anew_and_everything_else_stays(
-    label_studio_server: LabelStudioServer,
-    ls_client: LabelStudioClient,
-    settings: Settings,
-    s3: Any,
-    bucket: str,
-    tmp_path: Path,
+    services: Services, ls_client: LabelStudioClient, s3: Any, bucket: str
 ) -> None:
-    own = _services_settings(settings, label_studio_server, tmp_path)
-    with Services(own) as services:
-        catalog = services.catalog
-        project, (soon, unknown, later) = _project_with_tasks(catalog, ls_client, s3, bucket, [60, 120, WEEK])
-        recorded = _expiries(catalog, project)
-        now = datetime.now(UTC)
-        assert now < recorded[soon] <= now + timedelta(seconds=60)  # recorded at import, from the URL itself
-        with catalog.session() as session:  # a task imported before expiries were recorded
-            session.execute(
-                update(AnnotationTask).where(AnnotationTask.asset_id == unknown).values(media_url_expires_at=None)
-            )
-        before = _tasks(ls_client, project)
-        ls_client.create_annotation(before[soon]["id"], ls_client.list_predictions(before[soon]["id"])[0]["result"])
+    catalog = services.catalog
+    project, (soon, unknown, later) = _project_with_tasks(catalog, ls_client, s3, bucket, [60, 120, WEEK])
+    recorded = _expiries(catalog, project)
+    now = datetime.now(UTC)
+    expires = recorded[soon]
+    assert expires is not None and now < expires <= now + timedelta(seconds=60)  # recorded at import, from its URL
+    with catalog.session() as session:  # a task imported before expiries were recorded
+        session.execute(
+            update(AnnotationTask).where(AnnotationTask.asset_id == unknown).values(media_url_expires_at=None)
+        )
+    before = _tasks(ls_client, project)
+    ls_client.create_annotation(before[soon]["id"], ls_client.list_predictions(before[soon]["id"])[0]["result"])
 
-        assert refresh_media_urls(services, project.name, HOUR) == MediaRefresh(refreshed=2, gone=0)
+    assert refresh_media_urls(services, project.name, HOUR) == MediaRefresh(refreshed=2, gone=0)
 
-        after = _tasks(ls_client, project)
-        for asset_id in (soon, unknown):
-            new_url = after[asset_id]["data"]["image"]
-            assert new_url != before[asset_id]["data"]["image"]
-            assert {k: v for k, v in after[asset_id]["data"].items() if k != "image"} == {
-                k: v for k, v in before[asset_id]["data"].items() if k != "image"
-            }
-            expiry = presigned_url_expiry(new_url)
-            assert expiry is not None and expiry > datetime.now(UTC) + timedelta(days=6)
-            assert _expiries(catalog, project)[asset_id] == expiry
-            image = httpx.get(new_url, timeout=10)
-            assert image.status_code == 200 and image.content == _png({soon: 0, unknown: 1}[asset_id])
-        assert after[later]["data"] == before[later]["data"]  # not due
-        assert after[soon]["total_annotations"] == 1 and after[soon]["total_predictions"] == 1
+    after = _tasks(ls_client, project)
+    for asset_id in (soon, unknown):
+        new_url = after[asset_id]["data"]["image"]
+        assert new_url != before[asset_id]["data"]["image"]
+        assert {k: v for k, v in after[asset_id]["data"].items() if k != "image"} == {
+            k: v for k, v in before[asset_id]["data"].items() if k != "image"
+        }
+        expiry = presigned_url_expiry(new_url)
+        assert expiry is not None and expiry > datetime.now(UTC) + timedelta(days=6)
+        assert _expiries(catalog, project)[asset_id] == expiry
+        image = httpx.get(new_url, timeout=10)
+        assert image.status_code == 200 and image.content == _png({soon: 0, unknown: 1}[asset_id])
+    assert after[later]["data"] == before[later]["data"]  # not due
+    assert after[soon]["total_annotations"] == 1 and after[soon]["total_predictions"] == 1
 
-        assert refresh_media_urls(services, project.name, HOUR) == MediaRefresh()  # nothing is due any more
+    assert refresh_media_urls(services, project.name, HOUR) == MediaRefresh()  # nothing is due any more
 
 
 def test_a_task_deleted_in_label_studio_is_reported_and_the_others_are_refreshed(
-    label_studio_server: LabelStudioServer,
-    ls_client: LabelStudioClient,
-    settings: Settings,
-    s3: Any,
-    bucket: str,
-    tmp_path: Path,
+    services: Services, ls_client: LabelStudioClient, s3: Any, bucket: str
 ) -> None:
-    own = _services_settings(settings, label_studio_server, tmp_path)
-    with Services(own) as services:
-        project, (deleted, kept) = _project_with_tasks(services.catalog, ls_client, s3, bucket, [60, 60])
-        ls_client.request("DELETE", f"/api/tasks/{_tasks(ls_client, project)[deleted]['id']}/")
+    project, (deleted, kept) = _project_with_tasks(services.catalog, ls_client, s3, bucket, [60, 60])
+    ls_client.request("DELETE", f"/api/tasks/{_tasks(ls_client, project)[deleted]['id']}/")
 
-        assert refresh_media_urls(services, project.name, HOUR) == MediaRefresh(refreshed=1, gone=1)
-        assert presigned_url_expiry(_tasks(ls_client, project)[kept]["data"]["image"]) > datetime.now(UTC) + timedelta(
-            days=6
-        )
+    assert refresh_media_urls(services, project.name, HOUR) == MediaRefresh(refreshed=1, gone=1)
+    expiry = presigned_url_expiry(_tasks(ls_client, project)[kept]["data"]["image"])
+    assert expiry is not None and expiry > datetime.now(UTC) + timedelta(days=6)
 
 
-def test_a_window_as_long_as_the_urls_lifetime_is_refused_and_zero_does_nothing(
-    label_studio_server: LabelStudioServer, settings: Settings, tmp_path: Path
-) -> None:
-    own = _services_settings(settings, label_studio_server, tmp_path)
-    with Services(own) as services:
-        with pytest.raises(ValueError, match="must be shorter than the URLs' lifetime"):
-            refresh_media_urls(services, "any", own.presign_ttl_s)
-        assert refresh_media_urls(services, "any", 0) == MediaRefresh()
+def test_a_window_as_long_as_the_urls_lifetime_is_refused_and_zero_does_nothing(services: Services) -> None:
+    with pytest.raises(ValueError, match="must be shorter than the URLs' lifetime"):
+        refresh_media_urls(services, "any", services.settings.presign_ttl_s)
+    assert refresh_media_urls(services, "any", 0) == MediaRefresh()
 
 
 def test_key_frame_tasks_of_a_video_project_get_their_frame_images_url(
-    label_studio_server: LabelStudioServer,
-    ls_client: LabelStudioClient,
-    settings: Settings,
-    s3: Any,
-    bucket: str,
-    tmp_path: Path,
+    services: Services, ls_client: LabelStudioClient, s3: Any, bucket: str
 ) -> None:
     from tests.storage.test_harvest_video_views import _setup as _setup_video
 
-    own = _services_settings(settings, label_studio_server, tmp_path)
-    with Services(own) as services:
-        _, videos, frames = _setup_video(services.catalog, ls_client, s3, bucket)
-        with services.catalog.session() as session:
-            session.execute(update(AnnotationTask).values(media_url_expires_at=None))
-            video = session.scalars(select(Asset)).one()
+    _, videos, frames = _setup_video(services.catalog, ls_client, s3, bucket)
+    with services.catalog.session() as session:
+        session.execute(update(AnnotationTask).values(media_url_expires_at=None))
+        video = session.scalars(select(Asset)).one()
 
-        refreshed = refresh_media_urls(services, videos.name, HOUR)
+    refreshed = refresh_media_urls(services, videos.name, HOUR)
 
-        frame_tasks = [t for t in ls_client.iter_tasks(frames.external_project_id)]
-        assert refreshed == MediaRefresh(refreshed=1 + len(frame_tasks), gone=0)
-        for task in frame_tasks:
-            index = int(task["data"]["maskloop_frame_index"])
-            assert f"/{frame_key(own.frames_prefix, video, index)}?" in task["data"]["image"]
-        (video_task,) = ls_client.iter_tasks(videos.external_project_id)
-        assert f"/{video.key}?" in next(v for v in video_task["data"].values() if isinstance(v, str) and "?" in v)
+    frame_tasks = list(ls_client.iter_tasks(frames.external_project_id))
+    assert refreshed == MediaRefresh(refreshed=1 + len(frame_tasks), gone=0)
+    for task in frame_tasks:
+        index = int(task["data"]["maskloop_frame_index"])
+        assert f"/{frame_key(services.settings.frames_prefix, video, index)}?" in task["data"]["image"]
+    (video_task,) = ls_client.iter_tasks(videos.external_project_id)
+    assert f"/{video.key}?" in next(v for v in video_task["data"].values() if isinstance(v, str) and "?" in v)

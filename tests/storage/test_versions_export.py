@@ -20,6 +20,7 @@ from storage.formats.registry import UnknownExportFormatError
 from storage.settings import Settings
 from storage.version_export import export_version
 from tests.support.dataset_versions import MadeImage, box_mask, make_version
+from tests.support.settings_for import point_cli_at
 
 H, W = 40, 56
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -196,14 +197,7 @@ def test_cli_yolo_seg_export_reads_back_with_supervision(
     from flows.cli import main
 
     version_id, images = version
-    for name, value in {
-        "MASKLOOP_DATA_DIR": str(tmp_path / "cli"),
-        "MASKLOOP_DATABASE_URL": sqlite_catalog.url,
-        "MASKLOOP_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
-        "MASKLOOP_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),  # type: ignore[union-attr]
-        "MASKLOOP_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),  # type: ignore[union-attr]
-    }.items():
-        monkeypatch.setenv(name, value)
+    point_cli_at(monkeypatch, sqlite_catalog.url, settings, tmp_path / "cli")
     out = tmp_path / "yolo"
     capfd.readouterr()
     assert main(["versions", "export", str(version_id), "--format", "yolo-seg", "--out", str(out), "--images"]) == 0
